@@ -1,0 +1,65 @@
+//! A backup policy: what the provider (or `localdr backup --save-policy`) declared for a
+//! name, kept in the vault so the CLI, the agent and `terraform import` all see one truth.
+//! `terraform destroy` removes the policy; snapshots stay unless asked otherwise.
+
+use super::retention::Retention;
+use super::Vault;
+use crate::sources::SourceKind;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyPolicy {
+    pub vault: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub name: String,
+    pub source_kind: SourceKind,
+    /// The source path as the user wrote it.
+    pub source_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyPolicy>,
+    pub compression_level: i32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub triggers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub delete_snapshots_on_destroy: bool,
+}
+
+impl Vault {
+    fn policy_path(&self, name: &str) -> std::path::PathBuf {
+        self.policies_dir().join(format!("{name}.json"))
+    }
+
+    pub fn load_policy(&self, name: &str) -> Result<Option<Policy>> {
+        let p = self.policy_path(name);
+        match std::fs::read(&p) {
+            Ok(data) => Ok(Some(serde_json::from_slice(&data).with_context(|| {
+                format!("policy {} is not valid (edited by hand?)", p.display())
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("could not read {}", p.display())),
+        }
+    }
+
+    /// Write the policy atomically. The caller holds the writer lock.
+    pub fn save_policy(&self, policy: &Policy) -> Result<()> {
+        crate::atomic::write_json(&self.policy_path(&policy.name), policy)
+    }
+
+    pub fn remove_policy(&self, name: &str) -> Result<()> {
+        let p = self.policy_path(name);
+        match std::fs::remove_file(&p) {
+            Ok(()) => crate::atomic::fsync_dir(&self.policies_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("could not remove {}", p.display())),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! One policy run — snapshot, retention, DR copies with their retention — and the health
+//! check that drift detection (`terraform plan`, `localdr verify`) is built on.
+
+use super::copy::{copy_locked, CopyReport};
+use super::manifest::Manifest;
+use super::policy::Policy;
+use super::retention::{self, Retention};
+use super::snapshot::{backup_locked, BackupOptions};
+use super::verify::{Depth, Verifier};
+use super::Vault;
+use crate::naming;
+use crate::sources::Source;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunReport {
+    pub manifest: Manifest,
+    pub pruned: Vec<String>,
+    pub copies: Vec<CopyReport>,
+    /// Snapshots of this name left in the primary vault.
+    pub snapshots: usize,
+}
+
+/// Apply retention to the snapshots of `name`; the caller holds the writer lock.
+pub fn prune_locked(vault: &Vault, name: &str, policy: &Retention) -> Result<Vec<String>> {
+    let (good, _damaged) = vault.manifests(Some(name))?;
+    let list: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        good.iter().map(|m| (m.id.clone(), m.created_at)).collect();
+    let mut removed = Vec::new();
+    for d in retention::select(&list, policy)? {
+        if !d.keep {
+            vault.forget(&d.id)?;
+            removed.push(d.id);
+        }
+    }
+    if !removed.is_empty() {
+        vault.gc_packs()?;
+    }
+    Ok(removed)
+}
+
+/// Apply retention under a freshly taken writer lock.
+pub fn prune(vault: &Vault, name: &str, policy: &Retention) -> Result<Vec<String>> {
+    let _lock = vault.lock_for_write()?;
+    prune_locked(vault, name, policy)
+}
+
+/// Take a snapshot by `policy`, apply its retention, refresh every DR copy.
+pub fn run(vault: &Vault, policy: &Policy, save_policy: bool, progress: bool) -> Result<RunReport> {
+    let source = Source::new(policy.source_kind, Path::new(&policy.source_path))?;
+    let retention = policy.retention.clone().unwrap_or_default();
+    retention.validate()?;
+    let _lock = vault.lock_for_write()?;
+    if save_policy {
+        vault.save_policy(policy)?;
+    }
+    let manifest = backup_locked(
+        vault,
+        &BackupOptions {
+            name: &policy.name,
+            source: &source,
+            compression_level: policy.compression_level,
+            progress,
+        },
+    )?;
+    let pruned = prune_locked(vault, &policy.name, &retention)?;
+    let mut copies = Vec::new();
+    for c in &policy.copies {
+        let dst = Vault::at(Path::new(&c.vault))?;
+        let _dst_lock = dst.lock_for_write()?;
+        let rep = copy_locked(vault, &manifest, &dst)
+            .with_context(|| format!("DR copy to {} failed", c.vault))?;
+        prune_locked(&dst, &policy.name, c.retention.as_ref().unwrap_or(&retention))?;
+        copies.push(rep);
+    }
+    let snapshots = vault.snapshot_ids(Some(&policy.name))?.len();
+    Ok(RunReport {
+        manifest,
+        pruned,
+        copies,
+        snapshots,
+    })
+}
+
+/// What is really in the vaults for one backup name.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// The newest snapshot, when its manifest could be read.
+    pub latest: Option<Manifest>,
+    /// Snapshots of this name in the primary vault.
+    pub count: usize,
+    /// Why the backup is not valid; empty when it is.
+    pub problems: Vec<String>,
+}
+
+/// Check the newest snapshot of `name` and its copies. `expected` is the snapshot id last
+/// recorded (by Terraform): if it vanished and nothing newer replaced it, that is a problem.
+pub fn health(vault: &Vault, name: &str, copies: &[&Path], expected: Option<&str>) -> Result<Health> {
+    let _lock = vault.lock_for_read()?;
+    let ids = vault.snapshot_ids(Some(name))?;
+    let mut problems = Vec::new();
+    let mut latest = None;
+    let mut verifier = Verifier::new(vault, Depth::Quick);
+    match ids.last() {
+        None => problems.push(format!("no snapshot of {name} in {}", vault.root().display())),
+        Some(id) => match verifier.check_id(id) {
+            Ok(m) => latest = Some(m),
+            Err(p) => {
+                problems.extend(p);
+                latest = vault.load(id).ok();
+            }
+        },
+    }
+    if let Some(exp) = expected {
+        let exp_p = naming::parse_for(name, exp);
+        let newest_p = ids.last().and_then(|id| naming::parse_for(name, id));
+        if !ids.iter().any(|i| i == exp) && (newest_p.is_none() || newest_p < exp_p) {
+            problems.push(format!("snapshot {exp} was deleted"));
+        }
+    }
+    drop(verifier);
+    if let Some(m) = &latest {
+        for c in copies {
+            let dst = Vault::at(c)?;
+            let mut v = Verifier::new(&dst, Depth::Quick);
+            match v.check_id(&m.id) {
+                Ok(_) => {}
+                Err(p) => problems.push(format!(
+                    "DR copy of {} in {}: {}",
+                    m.id,
+                    c.display(),
+                    p.join("; ")
+                )),
+            }
+        }
+    }
+    Ok(Health {
+        latest,
+        count: ids.len(),
+        problems,
+    })
+}
