@@ -8,6 +8,7 @@
 //! the old state or the new one, never a half-written snapshot that anyone would list.
 
 pub mod atomic;
+pub mod cli;
 pub mod duration;
 pub mod naming;
 pub mod progress;

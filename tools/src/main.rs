@@ -1,1 +1,17 @@
-fn main() {}
+//! `localdr`: backups with retention, verification, restore and drift reports, from the
+//! command line. Each subcommand lives in `cli/<name>.rs` and only wires flags to the engine.
+
+use clap::Parser;
+
+fn main() {
+    let cli = localdr::cli::Cli::parse();
+    localdr::cli::init_logging(cli.verbose);
+    let code = match localdr::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

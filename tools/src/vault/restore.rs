@@ -227,10 +227,9 @@ fn write_file(
         .open(path)
         .with_context(|| format!("could not create {}", path.display()))?;
     let mut hashes = Vec::with_capacity(e.chunks.len());
-    let mut chunks: Vec<_> = e.chunks.iter().collect();
-    chunks.sort_by_key(|c| c.offset);
     let mut written = 0u64;
-    for c in chunks {
+    // Chunks are stored in file order; their pack offsets are in any order.
+    for c in &e.chunks {
         let pack = &m.packs[c.pack as usize];
         let f = match packs.entry(c.pack) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),

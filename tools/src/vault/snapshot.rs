@@ -37,7 +37,6 @@ pub fn backup(vault: &Vault, opts: &BackupOptions) -> Result<Manifest> {
 
 struct Job {
     entry: usize,
-    chunk: usize,
     offset: u64,
     len: usize,
 }
@@ -164,19 +163,15 @@ pub fn backup_locked(vault: &Vault, opts: &BackupOptions) -> Result<Manifest> {
                     }
                 } else {
                     let mut off = 0;
-                    let mut n = 0;
                     while off < key.size {
                         let len = (key.size - off).min(CHUNK) as usize;
                         jobs.push(Job {
                             entry: entries.len(),
-                            chunk: n,
                             offset: off,
                             len,
                         });
                         off += len as u64;
-                        n += 1;
                     }
-                    e.chunks = Vec::with_capacity(n);
                 }
             }
         }
@@ -185,34 +180,31 @@ pub fn backup_locked(vault: &Vault, opts: &BackupOptions) -> Result<Manifest> {
     }
 
     // Compress and write what changed.
-    let mut chunk_hashes: HashMap<usize, Vec<(usize, [u8; 32])>> = HashMap::new();
+    let mut chunk_hashes: HashMap<usize, Vec<[u8; 32]>> = HashMap::new();
     let mut added_bytes = 0;
     if !jobs.is_empty() {
         let new_slot = packs.len() as u32;
         let (pack, placed) = write_pack(vault, &id, &jobs, &paths, opts)?;
         added_bytes = pack.size;
         packs.push(pack);
+        // Jobs were made in file order, so pushing them in job order keeps each file's
+        // chunks in file order whatever order the workers finished in.
         for (j, (offset, clen, hash)) in jobs.iter().zip(placed) {
-            let e = &mut entries[j.entry];
-            e.chunks.push(Chunk {
+            entries[j.entry].chunks.push(Chunk {
                 pack: new_slot,
                 offset,
                 clen,
                 ulen: j.len as u32,
                 hash: hex(&hash),
             });
-            chunk_hashes.entry(j.entry).or_default().push((j.chunk, hash));
+            chunk_hashes.entry(j.entry).or_default().push(hash);
         }
     }
     for (i, e) in entries.iter_mut().enumerate() {
-        if e.kind != EntryKind::File || e.hash.is_some() {
-            continue;
+        if e.kind == EntryKind::File && e.hash.is_none() {
+            let hs = chunk_hashes.remove(&i).unwrap_or_default();
+            e.hash = Some(file_digest(&hs, e.size));
         }
-        let mut hs = chunk_hashes.remove(&i).unwrap_or_default();
-        hs.sort_by_key(|h| h.0);
-        e.chunks.sort_by_key(|c| c.offset);
-        let only: Vec<[u8; 32]> = hs.into_iter().map(|h| h.1).collect();
-        e.hash = Some(file_digest(&only, e.size));
     }
 
     let mut m = Manifest {
@@ -360,7 +352,7 @@ fn run_job(
         *open = Some((job.entry, f));
     }
     let Some((_, f)) = open.as_ref() else {
-        unreachable!("file opened above")
+        bail!("internal error: no open file for {}", path.display())
     };
     buf.resize(job.len, 0);
     f.read_exact_at(buf, job.offset).with_context(|| {

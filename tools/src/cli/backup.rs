@@ -1,0 +1,123 @@
+//! `localdr backup`: a snapshot by flags, or by the policy stored in the vault for `--name`.
+
+use super::{print_json, RetentionArgs, VaultArg};
+use crate::sources::{self, SourceKind};
+use crate::vault::policy::{CopyPolicy, Policy};
+use crate::vault::run;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub vault: VaultArg,
+    /// Backup name: the snapshot name prefix (`<name>_YYYY-MM-DD_HH-MM-SS`).
+    #[arg(long)]
+    pub name: String,
+    /// A file or directory to back up.
+    #[arg(long, conflicts_with = "tfstate")]
+    pub path: Option<PathBuf>,
+    /// A Terraform state file to back up (validated; serial and lineage recorded).
+    #[arg(long)]
+    pub tfstate: Option<PathBuf>,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// Keep a verified copy in this DR vault (repeatable).
+    #[arg(long = "copy-to", value_name = "DIR")]
+    pub copy_to: Vec<PathBuf>,
+    /// zstd level, 1 (fast) to 22 (small).
+    #[arg(long, default_value_t = 3)]
+    pub compression_level: i32,
+    /// Store these settings as the vault's policy for NAME (what the agent and a later
+    /// `localdr backup --name NAME` with no source will use).
+    #[arg(long)]
+    pub save_policy: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: BackupArgs) -> Result<i32> {
+    let vault = a.vault.open()?;
+    let (policy, save) = match (&a.path, &a.tfstate) {
+        (None, None) => match vault.load_policy(&a.name)? {
+            Some(p) => (p, false),
+            None => bail!(
+                "no --path or --tfstate given and vault {} has no policy named {:?}",
+                vault.root().display(),
+                a.name
+            ),
+        },
+        (path, tfstate) => {
+            let (kind, p) = match (path, tfstate) {
+                (Some(p), _) => (SourceKind::Path, p),
+                (_, Some(p)) => (SourceKind::Tfstate, p),
+                _ => unreachable!("matched above"),
+            };
+            let abs = sources::absolute(p)?;
+            let copies = a
+                .copy_to
+                .iter()
+                .map(|c| {
+                    Ok(CopyPolicy {
+                        vault: sources::absolute(c)?.display().to_string(),
+                        retention: None,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (
+                Policy {
+                    name: a.name.clone(),
+                    source_kind: kind,
+                    source_path: abs.display().to_string(),
+                    retention: a.retention.to_retention(),
+                    copies,
+                    compression_level: a.compression_level,
+                    triggers: Default::default(),
+                    delete_snapshots_on_destroy: false,
+                },
+                a.save_policy,
+            )
+        }
+    };
+    let report = run::run(&vault, &policy, save, !a.json)?;
+    if a.json {
+        print_json(&serde_json::json!({
+            "snapshot_id": report.manifest.id,
+            "created_at": report.manifest.created_at,
+            "file_count": report.manifest.file_count,
+            "size_bytes": report.manifest.size_bytes,
+            "added_bytes": report.manifest.added_bytes,
+            "checksum": report.manifest.checksum,
+            "tfstate": report.manifest.tfstate,
+            "pruned": report.pruned,
+            "copies": report.copies,
+            "snapshots": report.snapshots,
+        }))?;
+    } else {
+        let m = &report.manifest;
+        println!(
+            "snapshot {} — {} files, {} ({} new in vault)",
+            m.id,
+            m.file_count,
+            super::human_bytes(m.size_bytes),
+            super::human_bytes(m.added_bytes)
+        );
+        if let Some(t) = &m.tfstate {
+            println!("tfstate serial {} lineage {}", t.serial, t.lineage);
+        }
+        for c in &report.copies {
+            println!(
+                "copied to {} ({} packs, {})",
+                c.vault,
+                c.packs_copied,
+                super::human_bytes(c.bytes_copied)
+            );
+        }
+        if !report.pruned.is_empty() {
+            println!("retention removed: {}", report.pruned.join(", "));
+        }
+    }
+    Ok(0)
+}
