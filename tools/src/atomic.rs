@@ -23,7 +23,8 @@ pub fn unique_suffix() -> String {
 
 /// Flush a directory's entries (new names, renames, unlinks) to disk.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    let d = File::open(dir).with_context(|| format!("could not open directory {}", dir.display()))?;
+    let d =
+        File::open(dir).with_context(|| format!("could not open directory {}", dir.display()))?;
     d.sync_all()
         .with_context(|| format!("could not fsync directory {}", dir.display()))
 }

@@ -71,6 +71,9 @@ mod tests {
         for bad in ["", "10", "h", "5y", "-1h"] {
             assert!(parse(bad).is_err(), "{bad:?} should fail");
         }
-        assert!(parse("5y").unwrap_err().to_string().contains("unknown unit"));
+        assert!(parse("5y")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit"));
     }
 }

@@ -141,7 +141,12 @@ mod tests {
         let id = "web_db_2025-06-19_08-05-09";
         assert!(parse_for("web", id).is_none());
         assert_eq!(parse_for("web_db", id).unwrap().name, "web_db");
-        assert_eq!(parse_for("web_db", "web_db_2025-06-19_08-05-09_12").unwrap().seq, 12);
+        assert_eq!(
+            parse_for("web_db", "web_db_2025-06-19_08-05-09_12")
+                .unwrap()
+                .seq,
+            12
+        );
         assert!(parse_for("web", "web_2025-13-19_08-05-09").is_none());
         assert!(parse_for("web", "web_2025-06-19_08-05-09_1").is_none());
         assert!(parse_for("web", "web_2025-06-19_08-05-09.tmp").is_none());

@@ -71,6 +71,7 @@ pub fn run(a: BackupArgs) -> Result<i32> {
                     name: a.name.clone(),
                     source_kind: kind,
                     source_path: abs.display().to_string(),
+                    base_dir: None,
                     retention: a.retention.to_retention(),
                     copies,
                     compression_level: a.compression_level,

@@ -42,7 +42,11 @@ pub fn diff_attributes(
 ) {
     let is_true = |v: &Value| v.as_bool() == Some(true);
     if is_true(unknown) {
-        out.push(attr(prefix, &redact(before, sensitive), &json!("(known after apply)")));
+        out.push(attr(
+            prefix,
+            &redact(before, sensitive),
+            &json!("(known after apply)"),
+        ));
         return;
     }
     match (before, after) {
@@ -51,7 +55,11 @@ pub fn diff_attributes(
             keys.sort();
             keys.dedup();
             for k in keys {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 diff_attributes(
                     b.get(k).unwrap_or(&Value::Null),
                     a.get(k).unwrap_or(&Value::Null),
@@ -76,7 +84,11 @@ pub fn diff_attributes(
         }
         _ => {
             if before != after {
-                out.push(attr(prefix, &redact(before, sensitive), &redact(after, sensitive)));
+                out.push(attr(
+                    prefix,
+                    &redact(before, sensitive),
+                    &redact(after, sensitive),
+                ));
             }
         }
     }
@@ -101,7 +113,8 @@ fn summarize(list: Option<&Value>, skip_noop: bool) -> Vec<Value> {
             .flatten()
             .filter_map(|a| a.as_str().map(str::to_owned))
             .collect();
-        if skip_noop && (actions.is_empty() || actions.iter().all(|a| a == "no-op" || a == "read")) {
+        if skip_noop && (actions.is_empty() || actions.iter().all(|a| a == "no-op" || a == "read"))
+        {
             continue;
         }
         let mut attrs = Vec::new();
@@ -157,7 +170,13 @@ impl Terraform {
     /// `plan -json -out` then `show -json`; returns the plan document.
     fn plan(&self, extra: &[&str], out: &Path) -> Result<Value> {
         let out_s = out.display().to_string();
-        let mut args = vec!["plan", "-input=false", "-no-color", "-json", "-lock-timeout=60s"];
+        let mut args = vec![
+            "plan",
+            "-input=false",
+            "-no-color",
+            "-json",
+            "-lock-timeout=60s",
+        ];
         args.extend_from_slice(extra);
         let out_arg = format!("-out={out_s}");
         args.push(&out_arg);
@@ -178,11 +197,18 @@ impl Terraform {
             if msgs.is_empty() {
                 msgs.push(String::from_utf8_lossy(&o.stderr).trim().to_string());
             }
-            bail!("terraform plan {} failed: {}", extra.join(" "), msgs.join("; "));
+            bail!(
+                "terraform plan {} failed: {}",
+                extra.join(" "),
+                msgs.join("; ")
+            );
         }
         let s = self.run(&["show", "-json", "-no-color", &out_s])?;
         if !s.status.success() {
-            bail!("terraform show -json failed: {}", String::from_utf8_lossy(&s.stderr).trim());
+            bail!(
+                "terraform show -json failed: {}",
+                String::from_utf8_lossy(&s.stderr).trim()
+            );
         }
         serde_json::from_slice(&s.stdout).context("terraform show -json printed invalid JSON")
     }
@@ -198,8 +224,12 @@ pub fn run(a: DriftArgs) -> Result<i32> {
         .clone()
         .or_else(|| std::env::var_os("LOCALDR_TERRAFORM").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("terraform"));
-    let tf = Terraform { bin, dir: dir.clone() };
-    let tmp = std::env::temp_dir().join(format!("localdr-drift-{}", crate::atomic::unique_suffix()));
+    let tf = Terraform {
+        bin,
+        dir: dir.clone(),
+    };
+    let tmp =
+        std::env::temp_dir().join(format!("localdr-drift-{}", crate::atomic::unique_suffix()));
     std::fs::create_dir_all(&tmp)?;
     let result = (|| -> Result<(Value, Value)> {
         let refresh = tf.plan(&["-refresh-only"], &tmp.join("refresh.tfplan"))?;
@@ -221,7 +251,10 @@ pub fn run(a: DriftArgs) -> Result<i32> {
         "changes": changes,
     });
     let logs = a.logs.clone().unwrap_or_else(|| dir.join("logs"));
-    let path = logs.join(format!("drift_{}.json", now.format("%Y-%m-%d_%H-%M-%S_%3f")));
+    let path = logs.join(format!(
+        "drift_{}.json",
+        now.format("%Y-%m-%d_%H-%M-%S_%3f")
+    ));
     crate::atomic::write_json(&path, &report)?;
     if a.json {
         print_json(&report)?;
@@ -259,7 +292,12 @@ pub fn run(a: DriftArgs) -> Result<i32> {
         }
         if drifted {
             println!("{t}");
-            println!("DRIFT: {} drifted outside Terraform, {} to change; report {}", drift.len(), changes.len(), path.display());
+            println!(
+                "DRIFT: {} drifted outside Terraform, {} to change; report {}",
+                drift.len(),
+                changes.len(),
+                path.display()
+            );
         } else {
             println!("no drift; report {}", path.display());
         }
@@ -278,7 +316,10 @@ mod tests {
         let sens = json!({"b": {"pw": true}});
         let mut out = Vec::new();
         diff_attributes(&before, &after, &Value::Null, &sens, "", &mut out);
-        let paths: Vec<&str> = out.iter().map(|v| v["attribute"].as_str().unwrap()).collect();
+        let paths: Vec<&str> = out
+            .iter()
+            .map(|v| v["attribute"].as_str().unwrap())
+            .collect();
         assert_eq!(paths, vec!["b.c", "b.pw", "l[1]"]);
         assert_eq!(out[1]["after"], json!("(sensitive)"));
     }

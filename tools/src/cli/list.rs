@@ -53,7 +53,15 @@ pub fn run(a: ListArgs) -> Result<i32> {
         return Ok(0);
     }
     let mut t = table();
-    t.set_header(vec!["#", "ID", "CREATED (UTC)", "KIND", "FILES", "SIZE", "ADDED"]);
+    t.set_header(vec![
+        "#",
+        "ID",
+        "CREATED (UTC)",
+        "KIND",
+        "FILES",
+        "SIZE",
+        "ADDED",
+    ]);
     for (i, m) in good.iter().enumerate() {
         t.add_row(vec![
             (i + 1).to_string(),

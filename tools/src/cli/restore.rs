@@ -56,19 +56,27 @@ pub fn run(a: RestoreArgs) -> Result<i32> {
     } else if let Some(n) = a.number {
         match good.get(n.wrapping_sub(1)) {
             Some(m) => m.clone(),
-            None => bail!("--number {n} is out of range: there are {} snapshots (see `localdr list`)", good.len()),
+            None => bail!(
+                "--number {n} is out of range: there are {} snapshots (see `localdr list`)",
+                good.len()
+            ),
         }
     } else if a.latest {
         one_name(&good, &a.name)?;
         good.last().cloned().expect("non-empty checked above")
     } else if let Some(at) = &a.at {
         let t = chrono::DateTime::parse_from_rfc3339(at)
-            .with_context(|| format!("--at {at:?} is not an RFC 3339 time (e.g. 2025-06-19T08:00:00Z)"))?
+            .with_context(|| {
+                format!("--at {at:?} is not an RFC 3339 time (e.g. 2025-06-19T08:00:00Z)")
+            })?
             .with_timezone(&chrono::Utc);
         one_name(&good, &a.name)?;
         match good.iter().rev().find(|m| m.created_at <= t) {
             Some(m) => m.clone(),
-            None => bail!("no snapshot was taken at or before {at}; the oldest is {}", good[0].created_at.to_rfc3339()),
+            None => bail!(
+                "no snapshot was taken at or before {at}; the oldest is {}",
+                good[0].created_at.to_rfc3339()
+            ),
         }
     } else {
         match menu(&good, &a)? {
@@ -144,15 +152,18 @@ fn menu(good: &[Manifest], a: &RestoreArgs) -> Result<Option<Manifest>> {
     stdin.lock().read_line(&mut line)?;
     let n: usize = match line.trim().parse() {
         Ok(n) if (1..=good.len()).contains(&n) => n,
-        _ => bail!("{:?} is not a number between 1 and {}", line.trim(), good.len()),
+        _ => bail!(
+            "{:?} is not a number between 1 and {}",
+            line.trim(),
+            good.len()
+        ),
     };
     let m = good[n - 1].clone();
     if !a.yes {
-        let target = a
-            .to
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| m.source.path.clone());
+        let target =
+            a.to.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| m.source.path.clone());
         write!(
             err,
             "Restore {} to {}? What is there now is kept as a safety copy. Type 'yes' to continue: ",

@@ -28,8 +28,8 @@ struct Head {
 
 /// Parse a state document and return its identity, or say what is wrong with it.
 pub fn parse(data: &[u8]) -> Result<TfstateInfo> {
-    let head: Head =
-        serde_json::from_slice(data).context("not a Terraform state: the file is not valid JSON")?;
+    let head: Head = serde_json::from_slice(data)
+        .context("not a Terraform state: the file is not valid JSON")?;
     let version = head
         .version
         .and_then(|v| v.as_u64())
@@ -110,8 +110,14 @@ mod tests {
     #[test]
     fn rejects_what_is_not_a_state() {
         assert!(parse(b"not json").is_err());
-        assert!(parse(br#"{"version":4,"serial":1}"#).unwrap_err().to_string().contains("lineage"));
-        assert!(parse(br#"{"version":4,"lineage":"x"}"#).unwrap_err().to_string().contains("serial"));
+        assert!(parse(br#"{"version":4,"serial":1}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("lineage"));
+        assert!(parse(br#"{"version":4,"lineage":"x"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("serial"));
         assert!(parse(br#"{"version":9,"serial":1,"lineage":"x"}"#).is_err());
     }
 

@@ -57,8 +57,8 @@ fn walk_dir(dir: &Path, rel: &str, out: &mut Vec<Found>) -> Result<()> {
             );
         };
         let abs = child.path();
-        let meta =
-            fs::symlink_metadata(&abs).with_context(|| format!("could not stat {}", abs.display()))?;
+        let meta = fs::symlink_metadata(&abs)
+            .with_context(|| format!("could not stat {}", abs.display()))?;
         let kind = match kind_of(&meta, &abs) {
             Ok(k) => k,
             Err(_) => continue, // sockets, fifos, devices: not data we can restore
@@ -90,7 +90,10 @@ fn kind_of(meta: &fs::Metadata, path: &Path) -> Result<Kind> {
     } else if ft.is_file() {
         Ok(Kind::File)
     } else {
-        bail!("{} is not a regular file, directory or symlink", path.display())
+        bail!(
+            "{} is not a regular file, directory or symlink",
+            path.display()
+        )
     }
 }
 

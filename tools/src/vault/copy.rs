@@ -20,7 +20,10 @@ pub struct CopyReport {
 /// writer lock and at least a reader lock on `src`.
 pub fn copy_locked(src: &Vault, m: &Manifest, dst: &Vault) -> Result<CopyReport> {
     if src.root() == dst.root() {
-        bail!("the copy vault {} is the same as the primary vault", dst.root().display());
+        bail!(
+            "the copy vault {} is the same as the primary vault",
+            dst.root().display()
+        );
     }
     let mut report = CopyReport {
         snapshot_id: m.id.clone(),
@@ -34,12 +37,15 @@ pub fn copy_locked(src: &Vault, m: &Manifest, dst: &Vault) -> Result<CopyReport>
         }
         let from = src.pack_path(&p.id);
         let to = dst.pack_path(&p.id);
-        let tmp = dst
-            .packs_dir()
-            .join(format!(".{}.pack.tmp-{}", p.id, crate::atomic::unique_suffix()));
+        let tmp = dst.packs_dir().join(format!(
+            ".{}.pack.tmp-{}",
+            p.id,
+            crate::atomic::unique_suffix()
+        ));
         let r = (|| -> Result<()> {
-            std::fs::copy(&from, &tmp)
-                .with_context(|| format!("could not copy {} to {}", from.display(), tmp.display()))?;
+            std::fs::copy(&from, &tmp).with_context(|| {
+                format!("could not copy {} to {}", from.display(), tmp.display())
+            })?;
             File::open(&tmp)
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("could not fsync {}", tmp.display()))?;

@@ -85,8 +85,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::env::set_var("LOCALDR_LOCK_TIMEOUT", "100ms");
         let a = acquire(d.path(), true).unwrap();
-        let err = acquire(d.path(), true).err().expect("second writer must wait and fail");
-        assert!(err.to_string().contains("locked by another localdr process"));
+        let err = acquire(d.path(), true)
+            .err()
+            .expect("second writer must wait and fail");
+        assert!(err
+            .to_string()
+            .contains("locked by another localdr process"));
         drop(a);
         let _b = acquire(d.path(), true).unwrap();
     }

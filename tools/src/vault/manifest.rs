@@ -120,16 +120,27 @@ impl Manifest {
     /// Check the whole-manifest checksum and the internal references.
     pub fn check(&self) -> Result<()> {
         if self.format != FORMAT {
-            bail!("manifest {} has format {}, this localdr reads {}", self.id, self.format, FORMAT);
+            bail!(
+                "manifest {} has format {}, this localdr reads {}",
+                self.id,
+                self.format,
+                FORMAT
+            );
         }
         let want = self.compute_checksum()?;
         if want != self.checksum {
-            bail!("manifest {} fails its checksum (it was modified or damaged)", self.id);
+            bail!(
+                "manifest {} fails its checksum (it was modified or damaged)",
+                self.id
+            );
         }
         for e in &self.entries {
             for c in &e.chunks {
                 if c.pack as usize >= self.packs.len() {
-                    bail!("manifest {} references a pack index that does not exist", self.id);
+                    bail!(
+                        "manifest {} references a pack index that does not exist",
+                        self.id
+                    );
                 }
             }
         }

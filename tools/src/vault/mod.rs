@@ -16,8 +16,8 @@ pub mod lock;
 pub mod manifest;
 pub mod policy;
 pub mod restore;
-pub mod run;
 pub mod retention;
+pub mod run;
 pub mod snapshot;
 pub mod verify;
 
@@ -97,11 +97,15 @@ impl Vault {
         for e in rd {
             let e = e.with_context(|| format!("could not list {}", dir.display()))?;
             let fname = e.file_name();
-            let Some(fname) = fname.to_str() else { continue };
+            let Some(fname) = fname.to_str() else {
+                continue;
+            };
             if fname.starts_with('.') {
                 continue;
             }
-            let Some(id) = fname.strip_suffix(".json") else { continue };
+            let Some(id) = fname.strip_suffix(".json") else {
+                continue;
+            };
             match name {
                 Some(n) => {
                     if let Some(p) = naming::parse_for(n, id) {
@@ -146,7 +150,9 @@ impl Vault {
     /// Remove temp files and packs no complete manifest references. Caller holds the writer lock.
     fn clean_leftovers(&self) -> Result<()> {
         for dir in [self.snapshots_dir(), self.packs_dir(), self.policies_dir()] {
-            for e in fs::read_dir(&dir).with_context(|| format!("could not list {}", dir.display()))? {
+            for e in
+                fs::read_dir(&dir).with_context(|| format!("could not list {}", dir.display()))?
+            {
                 let e = e?;
                 if e.file_name().to_string_lossy().starts_with('.') {
                     let _ = fs::remove_file(e.path());

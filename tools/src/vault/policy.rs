@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyPolicy {
+    /// The DR vault as the user wrote it (relative paths resolve against `Policy::base_dir`).
     pub vault: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
@@ -22,6 +23,10 @@ pub struct Policy {
     pub source_kind: SourceKind,
     /// The source path as the user wrote it.
     pub source_path: String,
+    /// The directory relative paths were written against (Terraform's working directory,
+    /// or the CLI's), so the CLI and agent resolve them the same way from anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -31,6 +36,22 @@ pub struct Policy {
     pub triggers: BTreeMap<String, String>,
     #[serde(default)]
     pub delete_snapshots_on_destroy: bool,
+}
+
+impl Policy {
+    /// Resolve a path from this policy against its `base_dir`.
+    pub fn resolve(&self, p: &str) -> std::path::PathBuf {
+        let path = std::path::Path::new(p);
+        let joined = match &self.base_dir {
+            Some(b) if path.is_relative() => std::path::Path::new(b).join(path),
+            _ => path.to_path_buf(),
+        };
+        crate::sources::absolute(&joined).unwrap_or(joined)
+    }
+
+    pub fn source(&self) -> std::path::PathBuf {
+        self.resolve(&self.source_path)
+    }
 }
 
 impl Vault {

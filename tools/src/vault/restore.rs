@@ -75,15 +75,24 @@ pub fn check_entries(entries: &[Entry]) -> Result<()> {
         let mut parent = e.path.as_str();
         while let Some((p, _)) = parent.rsplit_once('/') {
             if links.contains(p) {
-                bail!("refusing entry {:?}: it lies beneath the symlink {p:?}", e.path);
+                bail!(
+                    "refusing entry {:?}: it lies beneath the symlink {p:?}",
+                    e.path
+                );
             }
             if !dirs.contains(p) {
-                bail!("refusing entry {:?}: its directory {p:?} is not in the snapshot", e.path);
+                bail!(
+                    "refusing entry {:?}: its directory {p:?} is not in the snapshot",
+                    e.path
+                );
             }
             parent = p;
         }
         if !e.path.is_empty() && !e.path.contains('/') && !dirs.contains("") {
-            bail!("refusing entry {:?}: the snapshot root is not a directory", e.path);
+            bail!(
+                "refusing entry {:?}: the snapshot root is not a directory",
+                e.path
+            );
         }
     }
     Ok(())
@@ -106,15 +115,21 @@ pub fn restore(vault: &Vault, m: &Manifest, opts: &RestoreOptions) -> Result<Res
             }
         }
     }
-    let parent = target
-        .parent()
-        .ok_or_else(|| anyhow!("cannot restore to {}: it has no parent directory", target.display()))?;
+    let parent = target.parent().ok_or_else(|| {
+        anyhow!(
+            "cannot restore to {}: it has no parent directory",
+            target.display()
+        )
+    })?;
     fs::create_dir_all(parent).with_context(|| format!("could not create {}", parent.display()))?;
     let base = target
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("restore");
-    let staging = parent.join(format!(".{base}.localdr-restore-{}", crate::atomic::unique_suffix()));
+    let staging = parent.join(format!(
+        ".{base}.localdr-restore-{}",
+        crate::atomic::unique_suffix()
+    ));
     let result = (|| {
         let (files, bytes) = materialize(vault, m, &staging, opts.progress)?;
         let safety = move_into_place(&staging, &target)?;
@@ -147,7 +162,11 @@ fn materialize(vault: &Vault, m: &Manifest, staging: &Path, progress: bool) -> R
         fs::create_dir(&p).with_context(|| format!("could not create {}", p.display()))?;
         fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
     }
-    let files: Vec<&Entry> = m.entries.iter().filter(|e| e.kind == EntryKind::File).collect();
+    let files: Vec<&Entry> = m
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .collect();
     let total: u64 = files.iter().map(|e| e.size).sum();
     let bar = crate::progress::bytes(progress, total, "restore");
     let workers = std::thread::available_parallelism()
@@ -242,10 +261,17 @@ fn write_file(
         };
         cbuf.resize(c.clen as usize, 0);
         f.read_exact_at(cbuf, c.offset).with_context(|| {
-            format!("snapshot {} is damaged: pack {} is truncated", m.id, pack.id)
+            format!(
+                "snapshot {} is damaged: pack {} is truncated",
+                m.id, pack.id
+            )
         })?;
         let data = dec.decompress(cbuf, c.ulen as usize).map_err(|x| {
-            anyhow!("snapshot {} is damaged: {} does not decompress ({x})", m.id, e.path)
+            anyhow!(
+                "snapshot {} is damaged: {} does not decompress ({x})",
+                m.id,
+                e.path
+            )
         })?;
         let h = blake3::hash(&data);
         if data.len() != c.ulen as usize || h.to_hex().as_str() != c.hash {
@@ -261,7 +287,11 @@ fn write_file(
         written += data.len() as u64;
     }
     if written != e.size || e.hash.as_deref() != Some(file_digest(&hashes, e.size).as_str()) {
-        bail!("snapshot {} is damaged: {:?} fails its checksum", m.id, e.path);
+        bail!(
+            "snapshot {} is damaged: {:?} fails its checksum",
+            m.id,
+            e.path
+        );
     }
     drop(out);
     fs::set_permissions(path, fs::Permissions::from_mode(e.mode))
@@ -337,7 +367,16 @@ mod tests {
 
     #[test]
     fn escaping_paths_are_refused() {
-        for bad in ["/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", "./a", ".."] {
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "a/",
+            "./a",
+            "..",
+        ] {
             assert!(safe_rel_path(bad).is_err(), "{bad:?} must be refused");
         }
         assert_eq!(safe_rel_path("a/b.txt").unwrap(), PathBuf::from("a/b.txt"));

@@ -54,8 +54,7 @@ impl Retention {
 
     pub fn validate(&self) -> Result<()> {
         if let Some(w) = &self.keep_within {
-            crate::duration::parse(w)
-                .map_err(|e| anyhow::anyhow!("keep_within: {e}"))?;
+            crate::duration::parse(w).map_err(|e| anyhow::anyhow!("keep_within: {e}"))?;
         }
         Ok(())
     }
@@ -91,12 +90,16 @@ pub fn select(snapshots: &[(String, DateTime<Utc>)], policy: &Retention) -> Resu
         ("hourly", p.keep_hourly, |t| {
             (t.year() as i64 * 10_000 + t.ordinal() as i64) * 100 + t.hour() as i64
         }),
-        ("daily", p.keep_daily, |t| t.year() as i64 * 10_000 + t.ordinal() as i64),
+        ("daily", p.keep_daily, |t| {
+            t.year() as i64 * 10_000 + t.ordinal() as i64
+        }),
         ("weekly", p.keep_weekly, |t| {
             let w = t.iso_week();
             w.year() as i64 * 100 + w.week() as i64
         }),
-        ("monthly", p.keep_monthly, |t| t.year() as i64 * 100 + t.month() as i64),
+        ("monthly", p.keep_monthly, |t| {
+            t.year() as i64 * 100 + t.month() as i64
+        }),
     ];
     let mut left: Vec<u32> = bucket_rules.iter().map(|r| r.1.unwrap_or(0)).collect();
     let mut last_bucket: Vec<Option<i64>> = vec![None; bucket_rules.len()];
@@ -195,12 +198,20 @@ mod tests {
             (
                 "keep_last 3 keeps the three newest",
                 r(|p| p.keep_last = Some(3)),
-                vec!["2025-01-09T12:00:00", "2025-02-03T08:00:00", "2025-02-03T08:45:00"],
+                vec![
+                    "2025-01-09T12:00:00",
+                    "2025-02-03T08:00:00",
+                    "2025-02-03T08:45:00",
+                ],
             ),
             (
                 "keep_hourly 3: newest per hour, last three hours that have one",
                 r(|p| p.keep_hourly = Some(3)),
-                vec!["2025-01-02T23:59:59", "2025-01-09T12:00:00", "2025-02-03T08:45:00"],
+                vec![
+                    "2025-01-02T23:59:59",
+                    "2025-01-09T12:00:00",
+                    "2025-02-03T08:45:00",
+                ],
             ),
             (
                 "keep_daily 4: newest per day",
@@ -248,7 +259,9 @@ mod tests {
 
     #[test]
     fn no_rule_means_keep_last_seven() {
-        let times: Vec<String> = (0..10).map(|i| format!("2025-03-01T00:{i:02}:00")).collect();
+        let times: Vec<String> = (0..10)
+            .map(|i| format!("2025-03-01T00:{i:02}:00"))
+            .collect();
         let refs: Vec<&str> = times.iter().map(|s| s.as_str()).collect();
         let k = kept(&refs, Retention::default());
         assert_eq!(k.len(), 7);
@@ -259,7 +272,11 @@ mod tests {
     fn iso_week_spans_the_new_year() {
         // 2024-12-30 and 2025-01-05 are the same ISO week (2025-W01): one is kept.
         let k = kept(
-            &["2024-12-30T10:00:00", "2025-01-05T10:00:00", "2024-12-29T10:00:00"],
+            &[
+                "2024-12-30T10:00:00",
+                "2025-01-05T10:00:00",
+                "2024-12-29T10:00:00",
+            ],
             Retention {
                 keep_weekly: Some(2),
                 ..Default::default()
@@ -275,6 +292,9 @@ mod tests {
             ..Default::default()
         };
         assert!(select(&snaps(TIMES), &p).is_err());
-        assert!(check_counts(&[("keep_last", -1)]).unwrap_err().to_string().contains("keep_last"));
+        assert!(check_counts(&[("keep_last", -1)])
+            .unwrap_err()
+            .to_string()
+            .contains("keep_last"));
     }
 }

@@ -48,7 +48,7 @@ pub fn prune(vault: &Vault, name: &str, policy: &Retention) -> Result<Vec<String
 
 /// Take a snapshot by `policy`, apply its retention, refresh every DR copy.
 pub fn run(vault: &Vault, policy: &Policy, save_policy: bool, progress: bool) -> Result<RunReport> {
-    let source = Source::new(policy.source_kind, Path::new(&policy.source_path))?;
+    let source = Source::new(policy.source_kind, &policy.source())?;
     let retention = policy.retention.clone().unwrap_or_default();
     retention.validate()?;
     let _lock = vault.lock_for_write()?;
@@ -67,11 +67,15 @@ pub fn run(vault: &Vault, policy: &Policy, save_policy: bool, progress: bool) ->
     let pruned = prune_locked(vault, &policy.name, &retention)?;
     let mut copies = Vec::new();
     for c in &policy.copies {
-        let dst = Vault::at(Path::new(&c.vault))?;
+        let dst = Vault::at(&policy.resolve(&c.vault))?;
         let _dst_lock = dst.lock_for_write()?;
         let rep = copy_locked(vault, &manifest, &dst)
             .with_context(|| format!("DR copy to {} failed", c.vault))?;
-        prune_locked(&dst, &policy.name, c.retention.as_ref().unwrap_or(&retention))?;
+        prune_locked(
+            &dst,
+            &policy.name,
+            c.retention.as_ref().unwrap_or(&retention),
+        )?;
         copies.push(rep);
     }
     let snapshots = vault.snapshot_ids(Some(&policy.name))?.len();
@@ -96,14 +100,22 @@ pub struct Health {
 
 /// Check the newest snapshot of `name` and its copies. `expected` is the snapshot id last
 /// recorded (by Terraform): if it vanished and nothing newer replaced it, that is a problem.
-pub fn health(vault: &Vault, name: &str, copies: &[&Path], expected: Option<&str>) -> Result<Health> {
+pub fn health(
+    vault: &Vault,
+    name: &str,
+    copies: &[&Path],
+    expected: Option<&str>,
+) -> Result<Health> {
     let _lock = vault.lock_for_read()?;
     let ids = vault.snapshot_ids(Some(name))?;
     let mut problems = Vec::new();
     let mut latest = None;
     let mut verifier = Verifier::new(vault, Depth::Quick);
     match ids.last() {
-        None => problems.push(format!("no snapshot of {name} in {}", vault.root().display())),
+        None => problems.push(format!(
+            "no snapshot of {name} in {}",
+            vault.root().display()
+        )),
         Some(id) => match verifier.check_id(id) {
             Ok(m) => latest = Some(m),
             Err(p) => {
@@ -140,4 +152,43 @@ pub fn health(vault: &Vault, name: &str, copies: &[&Path], expected: Option<&str
         count: ids.len(),
         problems,
     })
+}
+
+/// Bring vaults in line with `policy` without a new snapshot: store the policy, apply
+/// retention, make sure every DR vault holds the newest snapshot. Returns the count left.
+pub fn maintain(vault: &Vault, policy: &Policy) -> Result<usize> {
+    let retention = policy.retention.clone().unwrap_or_default();
+    retention.validate()?;
+    let _lock = vault.lock_for_write()?;
+    vault.save_policy(policy)?;
+    prune_locked(vault, &policy.name, &retention)?;
+    if let Some(id) = vault.latest_id(&policy.name)? {
+        let m = vault.load(&id)?;
+        for c in &policy.copies {
+            let dst = Vault::at(&policy.resolve(&c.vault))?;
+            let _dst_lock = dst.lock_for_write()?;
+            copy_locked(vault, &m, &dst)
+                .with_context(|| format!("DR copy to {} failed", c.vault))?;
+            prune_locked(
+                &dst,
+                &policy.name,
+                c.retention.as_ref().unwrap_or(&retention),
+            )?;
+        }
+    }
+    Ok(vault.snapshot_ids(Some(&policy.name))?.len())
+}
+
+/// Delete every snapshot of `name` in `vault` (for `delete_snapshots_on_destroy`).
+pub fn forget_all(vault: &Vault, name: &str) -> Result<usize> {
+    if !vault.exists() {
+        return Ok(0);
+    }
+    let _lock = vault.lock_for_write()?;
+    let ids = vault.snapshot_ids(Some(name))?;
+    for id in &ids {
+        vault.forget(id)?;
+    }
+    vault.gc_packs()?;
+    Ok(ids.len())
 }

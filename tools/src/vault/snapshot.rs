@@ -3,7 +3,9 @@
 //! new pack. The pack is fsynced and renamed into place before the manifest that references
 //! it, and the manifest is written atomically last.
 
-use super::manifest::{file_digest, Chunk, Entry, EntryKind, Manifest, PackRef, SourceInfo, FORMAT};
+use super::manifest::{
+    file_digest, Chunk, Entry, EntryKind, Manifest, PackRef, SourceInfo, FORMAT,
+};
 use super::verify::{Depth, Verifier};
 use super::Vault;
 use crate::naming;
@@ -78,9 +80,10 @@ pub fn backup_locked(vault: &Vault, opts: &BackupOptions) -> Result<Manifest> {
     // The previous snapshot of this name, if intact, lends unchanged files.
     let mut verifier = Verifier::new(vault, Depth::Quick);
     let prev = match vault.latest_id(opts.name)? {
-        Some(id) => vault.load(&id).ok().filter(|m| {
-            m.source.path == source_path && verifier.check_snapshot(m).is_empty()
-        }),
+        Some(id) => vault
+            .load(&id)
+            .ok()
+            .filter(|m| m.source.path == source_path && verifier.check_snapshot(m).is_empty()),
         None => None,
     };
     let prev_files: HashMap<&str, &Entry> = prev
@@ -289,9 +292,8 @@ fn write_pack(
                     while !stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(job) = jobs.get(i) else { break };
-                        let r = run_job(job, paths, &mut open, &mut buf, &mut comp).map(
-                            |(data, hash)| Done { job: i, data, hash },
-                        );
+                        let r = run_job(job, paths, &mut open, &mut buf, &mut comp)
+                            .map(|(data, hash)| Done { job: i, data, hash });
                         let failed = r.is_err();
                         if tx.send(r).is_err() || failed {
                             break;

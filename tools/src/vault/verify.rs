@@ -86,8 +86,10 @@ impl<'a> Verifier<'a> {
     /// Record that `pack` was just written with `hash` (no need to read it back).
     pub fn remember(&mut self, pack_id: &str, hash: &str) {
         if let Ok(meta) = std::fs::metadata(self.vault.pack_path(pack_id)) {
-            self.cache
-                .insert(pack_id.to_string(), CachedPack::new(StatKey::of(&meta), hash));
+            self.cache.insert(
+                pack_id.to_string(),
+                CachedPack::new(StatKey::of(&meta), hash),
+            );
             self.dirty = true;
             self.seen.insert(pack_id.to_string(), Ok(()));
         }
@@ -174,8 +176,7 @@ impl<'a> Verifier<'a> {
             }
         }
         // Drop entries for packs that are gone.
-        self.cache
-            .retain(|id, _| self.vault.pack_path(id).exists());
+        self.cache.retain(|id, _| self.vault.pack_path(id).exists());
         if let Err(e) = crate::atomic::write_json(&path, &self.cache) {
             tracing::debug!("could not save verification cache: {e:#}");
         }
