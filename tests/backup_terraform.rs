@@ -1,0 +1,403 @@
+//! `localdr_backup` under the real Terraform binaries (1.0.3 and the modern one): the whole
+//! lifecycle with drift made by hand, import, destroy, plan-time validation, and the
+//! `localdr drift` detector.
+
+use localdr_e2e::{both_terraforms, flip_byte, localdr, ls, Tf, TfVersion};
+use std::path::Path;
+
+const LIFECYCLE: &str = include_str!("fixtures/lifecycle/main.tf");
+
+fn seed_sources(dir: &Path) {
+    std::fs::write(
+        dir.join("app.tfstate"),
+        r#"{"version":4,"terraform_version":"1.11.4","serial":5,"lineage":"1b2c-lineage","outputs":{},"resources":[]}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("data/sub")).unwrap();
+    std::fs::write(dir.join("data/a.txt"), "alpha\n").unwrap();
+    std::fs::write(dir.join("data/sub/b.bin"), vec![7u8; 300_000]).unwrap();
+}
+
+fn snapshot_files(dir: &Path, prefix: &str) -> Vec<String> {
+    ls(&dir.join("vault/snapshots"))
+        .into_iter()
+        .filter(|f| f.starts_with(prefix))
+        .collect()
+}
+
+fn lifecycle(v: TfVersion) {
+    let tf = Tf::new(v, LIFECYCLE);
+    let d = tf.path().to_path_buf();
+    seed_sources(&d);
+    tf.init();
+
+    let p = tf.plan();
+    assert_eq!(p.code, 2, "first plan creates:\n{}", p.all());
+    assert!(p.stdout.contains("2 to add"), "{}", p.stdout);
+    tf.apply();
+    tf.assert_empty_plan("right after apply");
+    let first = tf.output("state_snapshot");
+    assert!(first.starts_with("state_"), "{first}");
+    assert_eq!(ls(&d.join("dr/snapshots")), vec![format!("{first}.json")]);
+
+    // 1. Delete the newest snapshot's manifest by hand.
+    std::fs::remove_file(d.join(format!("vault/snapshots/{first}.json"))).unwrap();
+    let p = tf.plan();
+    assert_eq!(
+        p.code,
+        2,
+        "a deleted snapshot must show in plan:\n{}",
+        p.all()
+    );
+    assert!(
+        p.stdout.contains("ensure_valid") && p.stdout.contains("false -> true"),
+        "{}",
+        p.stdout
+    );
+    assert!(
+        p.all().contains("was deleted") || p.all().contains("no snapshot"),
+        "{}",
+        p.all()
+    );
+    tf.apply();
+    tf.assert_empty_plan("after repairing a deleted snapshot");
+    let repaired = tf.output("state_snapshot");
+    assert_ne!(repaired, first);
+    assert_eq!(
+        localdr(&["verify", "--vault", d.join("vault").to_str().unwrap()]).code,
+        0
+    );
+
+    // 2. Corrupt the newest data snapshot: flip a byte in its pack.
+    let data_id = tf.output("data_snapshot");
+    flip_byte(&d.join(format!("vault/packs/{data_id}.pack")), 10);
+    let p = tf.plan();
+    assert_eq!(
+        p.code,
+        2,
+        "a corrupted snapshot must show in plan:\n{}",
+        p.all()
+    );
+    assert!(p.all().contains("fails its checksum"), "{}", p.all());
+    assert!(
+        p.stdout
+            .contains("localdr_backup.data will be updated in-place"),
+        "{}",
+        p.stdout
+    );
+    tf.apply();
+    tf.assert_empty_plan("after repairing a corrupted snapshot");
+    assert_ne!(tf.output("data_snapshot"), data_id);
+
+    // 3. The DR copy disappears.
+    for f in ls(&d.join("dr/snapshots")) {
+        std::fs::remove_file(d.join("dr/snapshots").join(f)).unwrap();
+    }
+    let p = tf.plan();
+    assert_eq!(
+        p.code,
+        2,
+        "a missing DR copy must show in plan:\n{}",
+        p.all()
+    );
+    assert!(p.all().contains("DR copy"), "{}", p.all());
+    tf.apply();
+    tf.assert_empty_plan("after restoring the DR copy");
+    let newest = tf.output("state_snapshot");
+    assert!(ls(&d.join("dr/snapshots")).contains(&format!("{newest}.json")));
+
+    // 4. A trigger change replaces the resource and takes a new snapshot.
+    let before = tf.output("data_snapshot");
+    let p = tf.run(&[
+        "plan",
+        "-no-color",
+        "-var",
+        "data_version=2",
+        "-detailed-exitcode",
+    ]);
+    assert_eq!(p.code, 2, "{}", p.all());
+    assert!(p.stdout.contains("must be replaced"), "{}", p.stdout);
+    tf.ok(&[
+        "apply",
+        "-auto-approve",
+        "-no-color",
+        "-var",
+        "data_version=2",
+    ]);
+    assert_ne!(tf.output("data_snapshot"), before);
+    let p = tf.run(&[
+        "plan",
+        "-no-color",
+        "-var",
+        "data_version=2",
+        "-detailed-exitcode",
+    ]);
+    assert_eq!(p.code, 0, "{}", p.all());
+
+    // 5. Import: forget the resource, import it by <vault>:<name>, plan is empty.
+    tf.ok(&["state", "rm", "localdr_backup.state"]);
+    let vault_arg = "./vault:state";
+    tf.ok(&[
+        "import",
+        "-no-color",
+        "-var",
+        "data_version=2",
+        "localdr_backup.state",
+        vault_arg,
+    ]);
+    // No resource changes (1.0.3 also re-adds the output that `state rm` dropped).
+    let p = tf.run(&[
+        "plan",
+        "-no-color",
+        "-var",
+        "data_version=2",
+        "-detailed-exitcode",
+    ]);
+    assert!(p.code == 0 || p.code == 2, "{}", p.all());
+    assert!(
+        !p.stdout.contains("will be") && !p.stdout.contains("must be"),
+        "plan after import must change no resource:\n{}",
+        p.all()
+    );
+    let state = tf.state_json();
+    let res = &state["values"]["root_module"]["resources"];
+    let imported = res
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["address"] == "localdr_backup.state")
+        .unwrap();
+    assert_eq!(imported["values"]["retention"][0]["keep_last"], 3);
+    assert_eq!(imported["values"]["id"], vault_arg);
+
+    // 6. Destroy removes the policies but keeps every snapshot.
+    let kept = snapshot_files(&d, "state_").len() + snapshot_files(&d, "data_").len();
+    tf.ok(&[
+        "destroy",
+        "-auto-approve",
+        "-no-color",
+        "-var",
+        "data_version=2",
+    ]);
+    assert!(ls(&d.join("vault/policies")).is_empty());
+    assert_eq!(
+        snapshot_files(&d, "state_").len() + snapshot_files(&d, "data_").len(),
+        kept
+    );
+    assert!(kept >= 4);
+}
+
+fn delete_on_destroy(v: TfVersion) {
+    let tf = Tf::new(
+        v,
+        r#"
+terraform {
+  required_providers {
+    localdr = { source = "localdr/localdr" }
+  }
+}
+resource "localdr_backup" "x" {
+  name  = "x"
+  path  = "${path.module}/data"
+  vault = "${path.module}/vault"
+  copy { vault = "${path.module}/dr" }
+  delete_snapshots_on_destroy = true
+}
+"#,
+    );
+    seed_sources(tf.path());
+    tf.init();
+    tf.apply();
+    tf.assert_empty_plan("after apply");
+    assert_eq!(ls(&tf.path().join("vault/snapshots")).len(), 1);
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert!(ls(&tf.path().join("vault/snapshots")).is_empty());
+    assert!(ls(&tf.path().join("vault/packs")).is_empty());
+    assert!(ls(&tf.path().join("dr/snapshots")).is_empty());
+}
+
+/// Each bad value fails at `plan` with a diagnostic that names the attribute.
+fn invalid_values(v: TfVersion) {
+    let header = r#"
+terraform {
+  required_providers {
+    localdr = { source = "localdr/localdr" }
+  }
+}
+"#;
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "negative retention",
+            r#"resource "localdr_backup" "x" {
+  name  = "x"
+  path  = "${path.module}/data"
+  vault = "${path.module}/vault"
+  retention {
+    keep_daily = -1
+  }
+}"#,
+            &["Invalid keep_daily", "keep_daily = -1"],
+        ),
+        (
+            "unknown source type",
+            r#"resource "localdr_backup" "x" {
+  name  = "x"
+  ftp   = "ftp://example.com/data"
+  vault = "${path.module}/vault"
+}"#,
+            &["Unsupported argument", "\"ftp\""],
+        ),
+        (
+            "no source at all",
+            r#"resource "localdr_backup" "x" {
+  name  = "x"
+  vault = "${path.module}/vault"
+}"#,
+            &["Missing source", "path"],
+        ),
+        (
+            "two sources",
+            r#"resource "localdr_backup" "x" {
+  name    = "x"
+  path    = "${path.module}/data"
+  tfstate = "${path.module}/app.tfstate"
+  vault   = "${path.module}/vault"
+}"#,
+            &["Conflicting sources", "tfstate"],
+        ),
+        (
+            "vault inside the source",
+            r#"resource "localdr_backup" "x" {
+  name  = "x"
+  path  = "${path.module}/data"
+  vault = "${path.module}/data/vault"
+}"#,
+            &["Invalid vault", "vault = \"${path.module}/data/vault\""],
+        ),
+        (
+            "missing source path",
+            r#"resource "localdr_backup" "x" {
+  name  = "x"
+  path  = "${path.module}/no-such-dir"
+  vault = "${path.module}/vault"
+}"#,
+            &["Source not found", "no-such-dir"],
+        ),
+        (
+            "tfstate that is not a state",
+            r#"resource "localdr_backup" "x" {
+  name    = "x"
+  tfstate = "${path.module}/data/a.txt"
+  vault   = "${path.module}/vault"
+}"#,
+            &["Invalid tfstate", "not valid JSON"],
+        ),
+        (
+            "bad keep_within",
+            r#"resource "localdr_backup" "x" {
+  name  = "x"
+  path  = "${path.module}/data"
+  vault = "${path.module}/vault"
+  retention {
+    keep_within = "forever"
+  }
+}"#,
+            &["Invalid keep_within", "keep_within = \"forever\""],
+        ),
+        (
+            "compression out of range",
+            r#"resource "localdr_backup" "x" {
+  name              = "x"
+  path              = "${path.module}/data"
+  vault             = "${path.module}/vault"
+  compression_level = 40
+}"#,
+            &["Invalid compression_level", "compression_level = 40"],
+        ),
+        (
+            "bad name",
+            r#"resource "localdr_backup" "x" {
+  name  = "a/b"
+  path  = "${path.module}/data"
+  vault = "${path.module}/vault"
+}"#,
+            &["Invalid name", "name  = \"a/b\""],
+        ),
+    ];
+    // One init, then swap main.tf per case (same provider requirements).
+    let tf = Tf::new(v, &format!("{header}\n{}", cases[0].1));
+    seed_sources(tf.path());
+    tf.init();
+    for (what, body, want) in cases {
+        std::fs::write(tf.path().join("main.tf"), format!("{header}\n{body}")).unwrap();
+        let r = tf.run(&["plan", "-no-color", "-input=false"]);
+        assert_eq!(r.code, 1, "{what}: plan must fail:\n{}", r.all());
+        for w in *want {
+            assert!(
+                r.all().contains(w),
+                "{what}: expected {w:?} in:\n{}",
+                r.all()
+            );
+        }
+        assert!(
+            !r.all().contains("panicked") && !r.all().contains("stack backtrace"),
+            "{what}: {}",
+            r.all()
+        );
+        assert!(
+            !tf.path().join("vault").exists(),
+            "{what}: nothing may be written at plan"
+        );
+    }
+}
+
+/// `localdr drift` runs the real plans, reports the drifted attribute, exits 2; clean → 0.
+fn drift_report(v: TfVersion) {
+    let tf = Tf::new(v, LIFECYCLE);
+    let d = tf.path().to_path_buf();
+    seed_sources(&d);
+    tf.init();
+    tf.apply();
+    let run_drift = || {
+        let mut c = std::process::Command::new(localdr_e2e::bin("localdr"));
+        c.args([
+            "drift",
+            "--json",
+            "--dir",
+            d.to_str().unwrap(),
+            "--terraform",
+        ])
+        .arg(&tf.bin)
+        .env("TF_CLI_CONFIG_FILE", localdr_e2e::cli_config());
+        localdr_e2e::Run::from(c.output().unwrap())
+    };
+    let clean = run_drift();
+    assert_eq!(clean.code, 0, "{}", clean.all());
+    let id = tf.output("state_snapshot");
+    flip_byte(&d.join(format!("vault/packs/{id}.pack")), 3);
+    let r = run_drift();
+    assert_eq!(r.code, 2, "drift must exit 2:\n{}", r.all());
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["drifted"], true);
+    let drifted: Vec<&serde_json::Value> = report["drift"].as_array().unwrap().iter().collect();
+    assert!(
+        drifted
+            .iter()
+            .any(|x| x["address"] == "localdr_backup.state"
+                && x["attributes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a["attribute"] == "ensure_valid")),
+        "drift must name localdr_backup.state.ensure_valid: {report:#}"
+    );
+    let reports = ls(&d.join("logs"));
+    assert_eq!(reports.len(), 2, "one report per run: {reports:?}");
+    assert!(reports
+        .iter()
+        .all(|f| f.starts_with("drift_") && f.ends_with(".json")));
+    tf.apply();
+    assert_eq!(run_drift().code, 0);
+}
+
+both_terraforms!(lifecycle, delete_on_destroy, invalid_values, drift_report);

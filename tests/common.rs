@@ -1,0 +1,244 @@
+//! Helpers for the end-to-end tests: locate the release binaries and both Terraform
+//! versions that `scripts/setup.sh` provides, and run them in throwaway directories.
+//!
+//! Nothing is mocked: these run the real `terraform`, which runs the real provider.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn need(p: PathBuf, what: &str) -> PathBuf {
+    assert!(
+        p.exists(),
+        "{what} not found at {} — run `bash scripts/setup.sh` (or `bash scripts/test.sh`) first",
+        p.display()
+    );
+    p
+}
+
+/// A release binary built by the set-up script (`localdr`, `terraform-provider-localdr`).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("LOCALDR_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release"));
+    need(dir.join(name), name)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum TfVersion {
+    /// 1.0.3: the oldest protocol-6 Terraform.
+    Old,
+    /// The image's modern Terraform (>= 1.6).
+    New,
+}
+
+pub fn terraform(v: TfVersion) -> PathBuf {
+    match v {
+        TfVersion::Old => need(
+            std::env::var_os("LOCALDR_TF_OLD")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo_root().join(".tools/terraform-1.0.3/terraform")),
+            "terraform 1.0.3",
+        ),
+        TfVersion::New => {
+            let p = std::env::var_os("LOCALDR_TF_NEW")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("PATH").and_then(|paths| {
+                        std::env::split_paths(&paths)
+                            .map(|d| d.join("terraform"))
+                            .find(|p| p.exists())
+                    })
+                })
+                .unwrap_or_else(|| PathBuf::from("/usr/local/bin/terraform"));
+            need(p, "modern terraform")
+        }
+    }
+}
+
+pub fn cli_config() -> PathBuf {
+    need(
+        repo_root().join(".tools/terraformrc"),
+        "the project's Terraform CLI config",
+    )
+}
+
+/// Output of a finished command, as text.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// A Terraform root module in a temp directory, driven by one Terraform binary.
+pub struct Tf {
+    pub bin: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Tf {
+    pub fn new(v: TfVersion, main_tf: &str) -> Tf {
+        let dir = tempfile::Builder::new()
+            .prefix("localdr-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::write(dir.path().join("main.tf"), main_tf).expect("write main.tf");
+        Tf {
+            bin: terraform(v),
+            dir,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("TF_CLI_CONFIG_FILE", cli_config())
+            .env("TF_IN_AUTOMATION", "1")
+            .env("CHECKPOINT_DISABLE", "1")
+            .env_remove("TF_PLUGIN_CACHE_DIR")
+            .env_remove("TF_LOG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd(args).output().expect("terraform runs").into()
+    }
+
+    /// Run and insist on success.
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "terraform {args:?} failed:\n{}", r.all());
+        r
+    }
+
+    pub fn init(&self) {
+        self.ok(&["init", "-input=false", "-no-color"]);
+    }
+
+    pub fn apply(&self) -> Run {
+        self.ok(&["apply", "-auto-approve", "-input=false", "-no-color"])
+    }
+
+    /// `plan -detailed-exitcode`: 0 = no changes, 2 = changes; anything else fails the test.
+    pub fn plan(&self) -> Run {
+        let r = self.run(&["plan", "-detailed-exitcode", "-input=false", "-no-color"]);
+        assert!(r.code == 0 || r.code == 2, "plan failed:\n{}", r.all());
+        r
+    }
+
+    pub fn assert_empty_plan(&self, when: &str) {
+        let r = self.plan();
+        assert_eq!(r.code, 0, "plan should be empty {when}:\n{}", r.all());
+    }
+
+    pub fn output(&self, name: &str) -> String {
+        let r = self.ok(&["output", "-raw", name]);
+        r.stdout.trim().to_string()
+    }
+
+    pub fn state_json(&self) -> serde_json::Value {
+        let r = self.ok(&["show", "-json"]);
+        serde_json::from_str(&r.stdout).expect("show -json")
+    }
+}
+
+/// Run the `localdr` CLI.
+pub fn localdr(args: &[&str]) -> Run {
+    Command::new(bin("localdr"))
+        .args(args)
+        .output()
+        .expect("localdr runs")
+        .into()
+}
+
+/// Run the `localdr` CLI with stdin.
+pub fn localdr_stdin(args: &[&str], stdin: &str) -> Run {
+    use std::io::Write;
+    let mut child = Command::new(bin("localdr"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("localdr runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("localdr finishes").into()
+}
+
+/// Flip one byte of a file in place (what bit rot or a stray `dd` does).
+pub fn flip_byte(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).expect("read");
+    b[0] ^= 0x5a;
+    f.write_all_at(&b, offset).expect("write");
+}
+
+/// Files in a directory, sorted (empty if it does not exist).
+pub fn ls(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Generate `#[test]` functions for each Terraform version from one body.
+#[macro_export]
+macro_rules! both_terraforms {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn terraform_1_0_3() {
+                    super::$name($crate::TfVersion::Old)
+                }
+                #[test]
+                fn terraform_modern() {
+                    super::$name($crate::TfVersion::New)
+                }
+            }
+        )*
+    };
+}
