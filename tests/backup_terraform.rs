@@ -106,7 +106,7 @@ fn lifecycle(v: TfVersion) {
     let newest = tf.output("state_snapshot");
     assert!(ls(&d.join("dr/snapshots")).contains(&format!("{newest}.json")));
 
-    // 4. A trigger change replaces the resource and takes a new snapshot.
+    // 4. A trigger change takes a new snapshot in place (history kept).
     let before = tf.output("data_snapshot");
     let p = tf.run(&[
         "plan",
@@ -116,7 +116,13 @@ fn lifecycle(v: TfVersion) {
         "-detailed-exitcode",
     ]);
     assert_eq!(p.code, 2, "{}", p.all());
-    assert!(p.stdout.contains("must be replaced"), "{}", p.stdout);
+    assert!(
+        p.stdout
+            .contains("localdr_backup.data will be updated in-place"),
+        "{}",
+        p.stdout
+    );
+    let data_snaps = snapshot_files(&d, "data_").len();
     tf.ok(&[
         "apply",
         "-auto-approve",
@@ -125,6 +131,7 @@ fn lifecycle(v: TfVersion) {
         "data_version=2",
     ]);
     assert_ne!(tf.output("data_snapshot"), before);
+    assert_eq!(snapshot_files(&d, "data_").len(), data_snaps + 1);
     let p = tf.run(&[
         "plan",
         "-no-color",

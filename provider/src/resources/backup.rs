@@ -469,7 +469,7 @@ impl Resource for BackupResource {
                     "tfstate" => string(Optional, "A Terraform state file to back up; it is validated and its `serial` and `lineage` are recorded so a restore cannot roll the state back silently."),
                     "vault" => string(Required, "The vault directory. Must not be inside the source."),
                     "compression_level" => number(OptionalComputed, "zstd level from 1 (fastest) to 22 (smallest). Default 3."),
-                    "triggers" => attr(AttributeType::Map(AttributeType::String.into()), Optional, "Arbitrary values; any change takes a new snapshot (replaces the resource, like null_resource)."),
+                    "triggers" => attr(AttributeType::Map(AttributeType::String.into()), Optional, "Arbitrary values; any change takes a new snapshot (like null_resource's triggers, but in place: history is kept)."),
                     "ensure_valid" => boolean(OptionalComputed, "Read sets this to false when the newest snapshot or its DR copy is missing or fails its checksum; apply then takes a fresh snapshot. Default true."),
                     "delete_snapshots_on_destroy" => boolean(OptionalComputed, "Delete this backup's snapshots (and DR copies) on destroy. Default false: destroy only removes the policy."),
                     "snapshot_id" => string(Computed, "Id of the newest snapshot."),
@@ -680,16 +680,15 @@ impl Resource for BackupResource {
                 replace.push(AttributePath::new(k));
             }
         }
+        // A trigger change takes a new snapshot in place. Replacing would run destroy first,
+        // and with delete_snapshots_on_destroy that would wipe the history it should extend.
         let no_triggers = |t: &Value<BTreeMap<String, S>>| match t {
             Value::Value(m) => m.is_empty(),
             _ => matches!(t, Value::Null),
         };
-        if planned.triggers != prior_state.triggers
-            && !(no_triggers(&planned.triggers) && no_triggers(&prior_state.triggers))
-        {
-            replace.push(AttributePath::new("triggers"));
-        }
-        if prior_state.ensure_valid != Value::Value(true) {
+        let triggers_changed = planned.triggers != prior_state.triggers
+            && !(no_triggers(&planned.triggers) && no_triggers(&prior_state.triggers));
+        if prior_state.ensure_valid != Value::Value(true) || triggers_changed {
             set_computed_unknown(&mut planned);
         } else if planned.retention != prior_state.retention || planned.copy != prior_state.copy {
             planned.snapshots = Value::Unknown;

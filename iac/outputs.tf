@@ -1,0 +1,15 @@
+output "state_snapshot_id" {
+  value = module.app_backups.state_snapshot_id
+}
+
+output "data_snapshot_id" {
+  value = module.app_backups.data_snapshot_id
+}
+
+output "snapshots" {
+  value = module.app_backups.snapshots
+}
+
+output "valid" {
+  value = module.app_backups.valid
+}
