@@ -7,6 +7,7 @@ mod nodelay;
 mod provider;
 mod resources;
 mod schema;
+mod timing;
 
 /// Terraform keeps a plugin's stderr and shows it in its own log when `TF_LOG` is set, so
 /// tracing goes to stderr at the level `TF_LOG_PROVIDER`/`TF_LOG` asks for. When
@@ -37,6 +38,23 @@ fn init_logging() {
         .try_init();
 }
 
+/// Exit when Terraform goes away. The crate serves until Terraform's Shutdown RPC; if
+/// Terraform is killed instead, the provider would otherwise live on, listening on loopback.
+/// Polling the parent pid (rather than PR_SET_PDEATHSIG, which fires when the spawning
+/// *thread* exits — Go threads come and go) is safe and costs one syscall a second.
+fn exit_with_parent() {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        // SAFETY: as above.
+        if unsafe { libc::getppid() } != parent {
+            tracing::warn!("terraform (pid {parent}) is gone; exiting");
+            std::process::exit(1);
+        }
+    });
+}
+
 fn main() -> anyhow::Result<()> {
     // The crate captures a backtrace in every diagnostic; with RUST_BACKTRACE=1 set by the
     // environment users would see stack traces inside Terraform errors.
@@ -44,7 +62,11 @@ fn main() -> anyhow::Result<()> {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
     init_logging();
-    tokio::runtime::Builder::new_multi_thread()
+    exit_with_parent();
+    // One thread serves gRPC: with `-parallelism=1` every RPC is on the critical path, and a
+    // multi-thread runtime adds cross-core wakeups to each. Long work (snapshots) goes to the
+    // blocking pool; Read's vault check is short and runs inline.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(tf_provider::serve(

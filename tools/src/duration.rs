@@ -42,9 +42,7 @@ pub fn parse(text: &str) -> Result<Duration> {
                 "invalid duration {text:?}: unknown unit {other:?} (valid: ms, s, m, h, d, w)"
             ),
         };
-        total = total
-            .checked_add(n.checked_mul(ms).unwrap_or(u64::MAX))
-            .unwrap_or(u64::MAX);
+        total = total.saturating_add(n.saturating_mul(ms));
         saw_unit = true;
     }
     if !num.is_empty() || !saw_unit {

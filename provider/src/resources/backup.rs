@@ -489,7 +489,7 @@ impl Resource for BackupResource {
     }
 
     async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
-        crate::nodelay::ensure();
+        let _t = crate::timing::Timed::start("validate");
         check_config(diags, &config);
         Some(())
     }
@@ -501,7 +501,7 @@ impl Resource for BackupResource {
         private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        crate::nodelay::ensure();
+        let _t = crate::timing::Timed::start("read");
         let mut state = state;
         if let (Value::Null, Value::Value(id)) = (&state.name, &state.id) {
             // After import only the id is known.
@@ -517,7 +517,7 @@ impl Resource for BackupResource {
         let vault_abs = abs(&vault_s);
         let expected = known(&state.snapshot_id);
         let name2 = name.clone();
-        let found = blocking(move || {
+        let found = (|| -> anyhow::Result<_> {
             let vault = Vault::at(&vault_abs)?;
             let policy = vault.load_policy(&name2)?;
             // The policy names the copies to check; without one, look for snapshots only.
@@ -528,8 +528,8 @@ impl Resource for BackupResource {
             let refs: Vec<&Path> = copies.iter().map(|p| p.as_path()).collect();
             let health = run::health(&vault, &name2, &refs, expected.as_deref())?;
             Ok((policy, health))
-        })
-        .await;
+        })()
+        .map_err(|e| format!("{e:#}"));
         let (policy, health) = match found {
             Ok(x) => x,
             Err(e) => {
@@ -584,7 +584,7 @@ impl Resource for BackupResource {
             .map(|(i, c)| {
                 let prior_vault = prior_copies
                     .get(i)
-                    .and_then(|p| known(p))
+                    .and_then(known)
                     .map(|p| p.vault)
                     .unwrap_or(Value::Null);
                 Value::Value(CopyBlock {
@@ -644,7 +644,7 @@ impl Resource for BackupResource {
         config_state: Self::State<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        crate::nodelay::ensure();
+        let _t = crate::timing::Timed::start("plan_create");
         check_config(diags, &config_state);
         check_filesystem(diags, &config_state);
         let mut planned = proposed_state;
@@ -662,7 +662,7 @@ impl Resource for BackupResource {
         prior_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
-        crate::nodelay::ensure();
+        let _t = crate::timing::Timed::start("plan_update");
         check_config(diags, &config_state);
         check_filesystem(diags, &config_state);
         let mut planned = proposed_state;
@@ -703,7 +703,7 @@ impl Resource for BackupResource {
         prior_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<Self::PrivateState<'a>> {
-        crate::nodelay::ensure();
+        let _t = crate::timing::Timed::start("plan_destroy");
         Some(prior_private_state)
     }
 
@@ -715,7 +715,7 @@ impl Resource for BackupResource {
         planned_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        crate::nodelay::ensure();
+        let _t = crate::timing::Timed::start("create");
         let state = snapshot_now(diags, planned_state).await?;
         Some((state, planned_private_state))
     }
@@ -729,7 +729,7 @@ impl Resource for BackupResource {
         planned_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        crate::nodelay::ensure();
+        let _t = crate::timing::Timed::start("update");
         if planned_state.snapshot_id.is_unknown() {
             let state = snapshot_now(diags, planned_state).await?;
             return Some((state, planned_private_state));
@@ -762,7 +762,7 @@ impl Resource for BackupResource {
         _planned_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<()> {
-        crate::nodelay::ensure();
+        let _t = crate::timing::Timed::start("destroy");
         let (Some(vault_s), Some(name)) = (known(&state.vault), known(&state.name)) else {
             return Some(());
         };
@@ -802,7 +802,7 @@ impl Resource for BackupResource {
         diags: &mut Diagnostics,
         id: String,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        crate::nodelay::ensure();
+        let _t = crate::timing::Timed::start("import");
         let Some((vault, name)) = id
             .rsplit_once(':')
             .filter(|(v, n)| !v.is_empty() && !n.is_empty())

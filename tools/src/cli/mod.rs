@@ -1,6 +1,7 @@
 //! Command-line wiring. Exit codes: 0 success, 1 error or damage found, 2 drift found.
 
 mod backup;
+mod copy;
 mod drift;
 mod list;
 mod prune;
@@ -38,6 +39,8 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Restore a snapshot: by number, id, latest, or the newest at or before a time.
     Restore(restore::RestoreArgs),
+    /// Copy snapshots to a DR vault, checking every hash at the destination.
+    Copy(copy::CopyArgs),
     /// Apply retention rules and delete what they do not keep.
     Prune(prune::PruneArgs),
     /// Run `terraform plan` (refresh-only and normal) and report drift; exit 2 on drift.
@@ -112,6 +115,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::List(a) => list::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Restore(a) => restore::run(a),
+        Command::Copy(a) => copy::run(a),
         Command::Prune(a) => prune::run(a),
         Command::Drift(a) => drift::run(a),
     }

@@ -30,6 +30,9 @@ use std::path::{Path, PathBuf};
 
 pub use lock::VaultLock;
 
+/// A snapshot whose manifest could not be read: its id and why.
+pub type Damaged = (String, String);
+
 #[derive(Debug, Clone)]
 pub struct Vault {
     root: PathBuf,
@@ -121,7 +124,7 @@ impl Vault {
 
     /// Load every readable manifest (of `name`, or all), oldest first; damaged ones are
     /// returned separately so `list` and `verify` can show them.
-    pub fn manifests(&self, name: Option<&str>) -> Result<(Vec<Manifest>, Vec<(String, String)>)> {
+    pub fn manifests(&self, name: Option<&str>) -> Result<(Vec<Manifest>, Vec<Damaged>)> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         for id in self.snapshot_ids(name)? {

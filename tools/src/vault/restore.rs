@@ -293,10 +293,19 @@ fn write_file(
             e.path
         );
     }
-    drop(out);
-    fs::set_permissions(path, fs::Permissions::from_mode(e.mode))
+    // Mode and mtime through the descriptor (no second path lookup), then start writeback
+    // now so the final syncfs has little left to wait for.
+    out.set_permissions(fs::Permissions::from_mode(e.mode))
         .with_context(|| format!("could not set mode on {}", path.display()))?;
-    set_mtime(path, e, false)
+    let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
+    filetime::set_file_handle_times(&out, Some(t), Some(t))
+        .with_context(|| format!("could not set mtime on {}", path.display()))?;
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a hint on a descriptor `out` keeps open; errors are harmless (syncfs follows).
+        unsafe { libc::sync_file_range(out.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    }
+    Ok(())
 }
 
 fn set_mtime(p: &Path, e: &Entry, link: bool) -> Result<()> {

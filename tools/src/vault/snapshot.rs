@@ -242,6 +242,9 @@ fn hex(h: &[u8; 32]) -> String {
     blake3::Hash::from_bytes(*h).to_hex().to_string()
 }
 
+/// Where one job's output landed: offset in the pack, compressed length, hash of the plain data.
+type Placement = (u64, u32, [u8; 32]);
+
 /// Run the jobs on worker threads and append their output to a new pack in arrival order.
 /// Returns the pack and, per job, (offset, compressed length, hash of the plain data).
 fn write_pack(
@@ -250,7 +253,7 @@ fn write_pack(
     jobs: &[Job],
     paths: &[&std::path::Path],
     opts: &BackupOptions,
-) -> Result<(PackRef, Vec<(u64, u32, [u8; 32])>)> {
+) -> Result<(PackRef, Vec<Placement>)> {
     let final_path = vault.pack_path(id);
     let tmp_path = vault
         .packs_dir()

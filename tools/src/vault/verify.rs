@@ -48,35 +48,83 @@ impl CachedPack {
     }
 }
 
+type PackCache = BTreeMap<String, CachedPack>;
+
+/// The cache file as last read by this process, per vault, with the file's stat key: a
+/// long-lived reader (the provider serving a 200-resource plan) parses it once, not per Read.
+static MEMO: std::sync::Mutex<BTreeMap<std::path::PathBuf, (StatKey, std::sync::Arc<PackCache>)>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+fn load_cache(vault: &Vault) -> std::sync::Arc<PackCache> {
+    let path = cache_path(vault);
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return Default::default();
+    };
+    let key = StatKey::of(&meta);
+    let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((k, c)) = memo.get(&path) {
+        if *k == key {
+            return c.clone();
+        }
+    }
+    let cache: std::sync::Arc<PackCache> = std::sync::Arc::new(
+        std::fs::read(&path)
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok())
+            .unwrap_or_default(),
+    );
+    memo.insert(path, (key, cache.clone()));
+    cache
+}
+
 /// Checks packs and manifests of one vault, remembering results for the run.
 pub struct Verifier<'a> {
     vault: &'a Vault,
     depth: Depth,
-    cache: BTreeMap<String, CachedPack>,
+    cache: std::sync::Arc<PackCache>,
     dirty: bool,
     seen: HashMap<String, Result<(), String>>,
     /// Bytes hashed in this run.
     pub bytes_hashed: u64,
 }
 
-/// BLAKE3 of a whole file, using every core when the file is large.
+/// BLAKE3 of a whole file, streamed through a fixed buffer (memory stays flat however big
+/// the pack; an mmap would count the whole file as resident) and hashed on every core.
 pub fn hash_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    const BUF: usize = 4 << 20;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("could not open {}", path.display()))?;
     let mut h = blake3::Hasher::new();
-    h.update_mmap_rayon(path)
-        .with_context(|| format!("could not read {}", path.display()))?;
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let mut filled = 0;
+        while filled < BUF {
+            let n = f
+                .read(&mut buf[filled..])
+                .with_context(|| format!("could not read {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        h.update_rayon(&buf[..filled]);
+        if filled < BUF {
+            break;
+        }
+    }
     Ok(h.finalize().to_hex().to_string())
 }
 
 impl<'a> Verifier<'a> {
     pub fn new(vault: &'a Vault, depth: Depth) -> Verifier<'a> {
-        let cache = std::fs::read(cache_path(vault))
-            .ok()
-            .and_then(|d| serde_json::from_slice(&d).ok())
-            .unwrap_or_default();
         Verifier {
             vault,
             depth,
-            cache,
+            cache: load_cache(vault),
             dirty: false,
             seen: HashMap::new(),
             bytes_hashed: 0,
@@ -86,7 +134,7 @@ impl<'a> Verifier<'a> {
     /// Record that `pack` was just written with `hash` (no need to read it back).
     pub fn remember(&mut self, pack_id: &str, hash: &str) {
         if let Ok(meta) = std::fs::metadata(self.vault.pack_path(pack_id)) {
-            self.cache.insert(
+            std::sync::Arc::make_mut(&mut self.cache).insert(
                 pack_id.to_string(),
                 CachedPack::new(StatKey::of(&meta), hash),
             );
@@ -130,14 +178,14 @@ impl<'a> Verifier<'a> {
         let got = hash_file(&path).map_err(|e| format!("{e:#}"))?;
         self.bytes_hashed += meta.len();
         if got != p.hash {
-            self.cache.remove(&p.id);
+            std::sync::Arc::make_mut(&mut self.cache).remove(&p.id);
             self.dirty = true;
             return Err(format!("pack {} fails its checksum (data damaged)", p.id));
         }
         // Only trust the stat key if the file did not change while we hashed it.
         if let Ok(after) = std::fs::metadata(&path) {
             if StatKey::of(&after) == key && after.ino() == meta.ino() {
-                self.cache
+                std::sync::Arc::make_mut(&mut self.cache)
                     .insert(p.id.clone(), CachedPack::new(key, &p.hash));
                 self.dirty = true;
             }
@@ -176,8 +224,9 @@ impl<'a> Verifier<'a> {
             }
         }
         // Drop entries for packs that are gone.
-        self.cache.retain(|id, _| self.vault.pack_path(id).exists());
-        if let Err(e) = crate::atomic::write_json(&path, &self.cache) {
+        let vault = self.vault;
+        std::sync::Arc::make_mut(&mut self.cache).retain(|id, _| vault.pack_path(id).exists());
+        if let Err(e) = crate::atomic::write_json(&path, &*self.cache) {
             tracing::debug!("could not save verification cache: {e:#}");
         }
         self.dirty = false;

