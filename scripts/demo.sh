@@ -11,6 +11,9 @@ TF="$LOCALDR_TF_NEW"
 cd "$ROOT/iac"
 step() { printf '\n=== %s\n' "$*"; }
 
+# The demo is a sandbox: each run starts from scratch so it tells the same story.
+rm -rf demo logs terraform.tfstate terraform.tfstate.backup
+
 step "1. the stand-in application stack (its state file is what we protect)"
 "$TF" -chdir=app init -input=false -no-color >/dev/null
 "$TF" -chdir=app apply -auto-approve -input=false -no-color | tail -n 4
@@ -55,7 +58,11 @@ step "6. terraform apply repairs it"
 localdr drift --dir .
 echo "report files: $(ls logs | tr '\n' ' ')"
 
-step "7. restore the protected state next to the original"
+step "7. the damaged snapshot is kept (nothing is deleted behind your back); forget it"
+localdr forget --vault demo/vault --id "$snap"
+localdr verify --vault demo/vault
+
+step "8. restore the protected state next to the original"
 localdr restore --vault demo/vault --name app-state --latest --to demo/restored.tfstate
 python3 -c 'import json; s=json.load(open("demo/restored.tfstate")); print("restored state: serial", s["serial"], "lineage", s["lineage"])'
 echo

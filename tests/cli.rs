@@ -282,6 +282,26 @@ fn flipped_byte_is_found_by_verify_and_refused_by_restore() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("damaged"), "{}", r.stderr);
     assert!(!out.exists());
+    // A fresh backup does not reuse the damaged pack; forgetting the damaged snapshot
+    // deletes its pack and leaves a vault that verifies.
+    let damaged_id = ls(&vault.join("snapshots"))[0]
+        .trim_end_matches(".json")
+        .to_string();
+    backup(&vault, "d", "--path", &src);
+    assert_eq!(localdr(&["verify", "--vault", s(&vault)]).code, 1);
+    let r = localdr(&["forget", "--vault", s(&vault), "--id", &damaged_id]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!ls(&vault.join("packs")).contains(&format!("{damaged_id}.pack")));
+    assert_eq!(localdr(&["verify", "--vault", s(&vault)]).code, 0);
+    let r = localdr(&[
+        "forget",
+        "--vault",
+        s(&vault),
+        "--id",
+        "nope_2020-01-01_00-00-00",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(!out.exists());
     assert!(
         ls(t.path()).iter().all(|n| !n.contains("localdr-restore")),
         "staging left behind: {:?}",

@@ -20,12 +20,6 @@ pub struct SnapshotName {
     pub name: String,
 }
 
-impl SnapshotName {
-    pub fn id(&self) -> String {
-        format_id(&self.name, self.stamp, self.seq)
-    }
-}
-
 /// Check a user-given backup name: it becomes a file-name prefix.
 pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 100 {

@@ -10,36 +10,21 @@ terraform {
   }
 }
 
-resource "localdr_backup" "state" {
-  count   = var.tfstate_path == null ? 0 : 1
-  name    = "${var.name}-state"
-  tfstate = var.tfstate_path
-  vault   = var.vault
-
-  retention {
-    keep_last   = var.keep_last
-    keep_daily  = var.keep_daily
-    keep_weekly = var.keep_weekly
+locals {
+  # One backup per source that is set: "state" (a Terraform state) and "data" (a path).
+  sources = {
+    for key, src in {
+      state = { tfstate = var.tfstate_path, path = null }
+      data  = { tfstate = null, path = var.data_path }
+    } : key => src if src.tfstate != null || src.path != null
   }
-
-  dynamic "copy" {
-    for_each = var.dr_vault == null ? [] : [var.dr_vault]
-    content {
-      vault = copy.value
-      retention {
-        keep_last = var.dr_keep_last
-      }
-    }
-  }
-
-  triggers                    = var.triggers
-  delete_snapshots_on_destroy = var.delete_snapshots_on_destroy
 }
 
-resource "localdr_backup" "data" {
-  count             = var.data_path == null ? 0 : 1
-  name              = "${var.name}-data"
-  path              = var.data_path
+resource "localdr_backup" "this" {
+  for_each          = local.sources
+  name              = "${var.name}-${each.key}"
+  tfstate           = each.value.tfstate
+  path              = each.value.path
   vault             = var.vault
   compression_level = var.compression_level
 

@@ -209,7 +209,9 @@ fn check_config(diags: &mut Diagnostics, c: &BackupState) {
             "Exactly one of `path` (a file or directory) or `tfstate` (a Terraform state file) must be set.",
             AttributePath::new("path"),
         ),
-        (Value::Value(_) | Value::Unknown, Value::Value(_) | Value::Unknown) => diags.error(
+        // Unknown (a for_each value at validate time) may still turn out null: only two
+        // known values conflict.
+        (Value::Value(_), Value::Value(_)) => diags.error(
             "Conflicting sources",
             "`tfstate` cannot be used together with `path`: set exactly one source.",
             AttributePath::new("tfstate"),
@@ -375,6 +377,20 @@ fn apply_defaults(planned: &mut BackupState, config: &BackupState) {
         (Value::Value(v), Value::Value(n)) => Value::Value(format!("{v}:{n}")),
         _ => Value::Unknown,
     };
+}
+
+/// What both plans do. The checks run again here, not only at validate, because values
+/// that come from variables or other resources are unknown at validate and known now.
+fn plan_common(
+    diags: &mut Diagnostics,
+    proposed: BackupState,
+    config: &BackupState,
+) -> BackupState {
+    check_config(diags, config);
+    check_filesystem(diags, config);
+    let mut planned = proposed;
+    apply_defaults(&mut planned, config);
+    planned
 }
 
 fn set_computed_unknown(s: &mut BackupState) {
@@ -593,20 +609,17 @@ impl Resource for BackupResource {
                 })
             })
             .collect();
+        // An empty list or map in the policy keeps the state's spelling of "empty" (null or
+        // empty), so a configuration that omits the block or map plans no change.
         state.copy = if copies.is_empty() && !matches!(state.copy, Value::Value(_)) {
             Value::Null
         } else {
             Value::Value(copies)
         };
         state.compression_level = Value::Value(policy.compression_level as i64);
-        state.triggers = if policy.triggers.is_empty()
-            && !matches!(state.triggers, Value::Value(ref t) if !t.is_empty())
+        state.triggers = if policy.triggers.is_empty() && !matches!(state.triggers, Value::Value(_))
         {
-            if matches!(state.triggers, Value::Value(_)) {
-                Value::Value(BTreeMap::new())
-            } else {
-                Value::Null
-            }
+            Value::Null
         } else {
             Value::Value(
                 policy
@@ -645,10 +658,7 @@ impl Resource for BackupResource {
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
         let _t = crate::timing::Timed::start("plan_create");
-        check_config(diags, &config_state);
-        check_filesystem(diags, &config_state);
-        let mut planned = proposed_state;
-        apply_defaults(&mut planned, &config_state);
+        let mut planned = plan_common(diags, proposed_state, &config_state);
         set_computed_unknown(&mut planned);
         Some((planned, ValueEmpty::default()))
     }
@@ -663,10 +673,7 @@ impl Resource for BackupResource {
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
         let _t = crate::timing::Timed::start("plan_update");
-        check_config(diags, &config_state);
-        check_filesystem(diags, &config_state);
-        let mut planned = proposed_state;
-        apply_defaults(&mut planned, &config_state);
+        let mut planned = plan_common(diags, proposed_state, &config_state);
         let mut replace = Vec::new();
         if planned.name != prior_state.name {
             replace.push(AttributePath::new("name"));
@@ -866,6 +873,16 @@ mod tests {
         let mut d = Diagnostics::default();
         check_config(&mut d, &c);
         assert!(paths(&d).contains("Missing source"));
+    }
+
+    #[test]
+    fn unknown_sources_may_still_be_null() {
+        let mut c = config();
+        c.tfstate = Value::Unknown;
+        c.path = Value::Unknown;
+        let mut d = Diagnostics::default();
+        check_config(&mut d, &c);
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
     }
 
     #[test]

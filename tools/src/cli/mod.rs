@@ -3,6 +3,7 @@
 mod backup;
 mod copy;
 mod drift;
+mod forget;
 mod list;
 mod prune;
 mod restore;
@@ -41,6 +42,8 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// Copy snapshots to a DR vault, checking every hash at the destination.
     Copy(copy::CopyArgs),
+    /// Remove snapshots by id (and the data only they used).
+    Forget(forget::ForgetArgs),
     /// Apply retention rules and delete what they do not keep.
     Prune(prune::PruneArgs),
     /// Run `terraform plan` (refresh-only and normal) and report drift; exit 2 on drift.
@@ -116,6 +119,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Verify(a) => verify::run(a),
         Command::Restore(a) => restore::run(a),
         Command::Copy(a) => copy::run(a),
+        Command::Forget(a) => forget::run(a),
         Command::Prune(a) => prune::run(a),
         Command::Drift(a) => drift::run(a),
     }

@@ -24,7 +24,7 @@ pub mod verify;
 use crate::naming;
 use anyhow::{Context, Result};
 use manifest::Manifest;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -201,15 +201,5 @@ impl Vault {
         let p = self.manifest_path(id);
         fs::remove_file(&p).with_context(|| format!("could not remove {}", p.display()))?;
         crate::atomic::fsync_dir(&self.snapshots_dir())
-    }
-
-    /// Summary per backup name: count of snapshots.
-    pub fn names(&self) -> Result<BTreeMap<String, usize>> {
-        let (good, _) = self.manifests(None)?;
-        let mut out = BTreeMap::new();
-        for m in good {
-            *out.entry(m.name).or_insert(0) += 1;
-        }
-        Ok(out)
     }
 }

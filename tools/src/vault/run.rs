@@ -52,9 +52,6 @@ pub fn run(vault: &Vault, policy: &Policy, save_policy: bool, progress: bool) ->
     let retention = policy.retention.clone().unwrap_or_default();
     retention.validate()?;
     let _lock = vault.lock_for_write()?;
-    if save_policy {
-        vault.save_policy(policy)?;
-    }
     let manifest = backup_locked(
         vault,
         &BackupOptions {
@@ -64,6 +61,10 @@ pub fn run(vault: &Vault, policy: &Policy, save_policy: bool, progress: bool) ->
             progress,
         },
     )?;
+    // Only a backup that worked leaves a policy behind (import and the CLI trust it).
+    if save_policy {
+        vault.save_policy(policy)?;
+    }
     let pruned = prune_locked(vault, &policy.name, &retention)?;
     let mut copies = Vec::new();
     for c in &policy.copies {

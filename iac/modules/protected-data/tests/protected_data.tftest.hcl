@@ -40,17 +40,17 @@ run "backs_up_state_and_data" {
   }
 
   assert {
-    condition     = localdr_backup.state[0].retention[0].keep_last == 2
+    condition     = localdr_backup.this["state"].retention[0].keep_last == 2
     error_message = "retention must be passed through"
   }
 
   assert {
-    condition     = length(localdr_backup.data[0].checksum) == 64
+    condition     = length(localdr_backup.this["data"].checksum) == 64
     error_message = "checksum must be a BLAKE3 hex digest"
   }
 
   assert {
-    condition     = localdr_backup.data[0].copy[0].vault == ".tftest/dr"
+    condition     = localdr_backup.this["data"].copy[0].vault == ".tftest/dr"
     error_message = "the DR copy must be configured"
   }
 }
@@ -68,7 +68,7 @@ run "new_trigger_takes_new_snapshots_and_retention_holds" {
   }
 
   assert {
-    condition     = localdr_backup.state[0].triggers["release"] == "2"
+    condition     = localdr_backup.this["state"].triggers["release"] == "2"
     error_message = "triggers must be stored"
   }
 }
@@ -94,4 +94,18 @@ run "rejects_keep_last_zero" {
   }
 
   expect_failures = [var.keep_last]
+}
+
+run "only_a_state" {
+  command = plan
+
+  variables {
+    name      = "only"
+    data_path = null
+  }
+
+  assert {
+    condition     = length(localdr_backup.this) == 1 && contains(keys(localdr_backup.this), "state")
+    error_message = "without data_path only the state backup is planned"
+  }
 }
