@@ -6,7 +6,7 @@
 # Usage: bash bench/provider_overhead.sh [RUNS]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-RUNS="${1:-5}"
+RUNS="${1:-9}"
 N=200
 bash "$ROOT/scripts/setup.sh"
 # shellcheck source=/dev/null
@@ -67,10 +67,16 @@ for v in old new; do
     "$tf" -chdir="$W/$p" init -input=false -no-color >/dev/null
     "$tf" -chdir="$W/$p" apply -auto-approve -input=false -no-color >/dev/null
     time_plan "$W/$p" "$tf" >/dev/null   # warm-up
-    ts=(); for _ in $(seq "$RUNS"); do ts+=("$(time_plan "$W/$p" "$tf")"); done
-    RES[$v-$p]=$(median "${ts[@]}")
   done
-  RES[$v-nodelay-off]=$(time_plan "$W/localdr" "$tf" LOCALDR_BENCH_NO_NODELAY=1)
+  # Interleaved, so both see the same machine conditions.
+  tl=(); tn=()
+  for _ in $(seq "$RUNS"); do
+    tl+=("$(time_plan "$W/localdr" "$tf")")
+    tn+=("$(time_plan "$W/null" "$tf")")
+  done
+  RES[$v-localdr]=$(median "${tl[@]}")
+  RES[$v-null]=$(median "${tn[@]}")
+  RES[$v-nodelay-off]=$(python3 -c "print(f'{$(time_plan "$W/localdr" "$tf" LOCALDR_BENCH_NO_NODELAY=1):.2f}')")
   echo "$ver: localdr ${RES[$v-localdr]} s, null ${RES[$v-null]} s, localdr without the NODELAY fix ${RES[$v-nodelay-off]} s"
   RES[$v-ver]="$ver"
 done
