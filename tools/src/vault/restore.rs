@@ -168,6 +168,7 @@ fn materialize(vault: &Vault, m: &Manifest, staging: &Path, progress: bool) -> R
         .filter(|e| e.kind == EntryKind::File)
         .collect();
     let total: u64 = files.iter().map(|e| e.size).sum();
+    let batches = batches_by_directory(&files);
     let bar = crate::progress::bytes(progress, total, "restore");
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -189,19 +190,22 @@ fn materialize(vault: &Vault, m: &Manifest, staging: &Path, progress: bool) -> R
                     }
                 };
                 let mut cbuf = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
+                'work: while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(e) = files.get(i) else { break };
-                    let r = write_file(vault, m, e, &at(&e.path), &mut packs, &mut dec, &mut cbuf);
-                    match r {
-                        Ok(()) => bar.inc(e.size),
-                        Err(x) => {
-                            stop.store(true, Ordering::Relaxed);
-                            let mut g = err.lock().unwrap_or_else(|p| p.into_inner());
-                            if g.is_none() {
-                                *g = Some(x);
+                    let Some(batch) = batches.get(i) else { break };
+                    for e in &files[batch.clone()] {
+                        let r =
+                            write_file(vault, m, e, &at(&e.path), &mut packs, &mut dec, &mut cbuf);
+                        match r {
+                            Ok(()) => bar.inc(e.size),
+                            Err(x) => {
+                                stop.store(true, Ordering::Relaxed);
+                                let mut g = err.lock().unwrap_or_else(|p| p.into_inner());
+                                if g.is_none() {
+                                    *g = Some(x);
+                                }
+                                break 'work;
                             }
-                            break;
                         }
                     }
                 }
@@ -228,6 +232,35 @@ fn materialize(vault: &Vault, m: &Manifest, staging: &Path, progress: bool) -> R
     }
     sync_fs(staging)?;
     Ok((files.len() as u64, total))
+}
+
+/// Split the (path-sorted) files into runs that share a directory, capped at 8 MiB, so
+/// parallel workers mostly create files in different directories: two threads creating in
+/// one directory contend on its lock (a fifth of restore time when measured). Big files
+/// form runs of their own and spread across workers.
+fn batches_by_directory(files: &[&Entry]) -> Vec<std::ops::Range<usize>> {
+    const BUDGET: u64 = 8 << 20;
+    let parent = |p: &str| {
+        p.rsplit_once('/')
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, e) in files.iter().enumerate() {
+        let new_dir = i > start && parent(&files[start].path) != parent(&e.path);
+        if i > start && (new_dir || bytes + e.size > BUDGET) {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += e.size;
+    }
+    if start < files.len() {
+        out.push(start..files.len());
+    }
+    out
 }
 
 fn write_file(
@@ -285,6 +318,9 @@ fn write_file(
         out.write_all(&data)
             .with_context(|| format!("could not write {}", path.display()))?;
         written += data.len() as u64;
+        if written.is_multiple_of(FLUSH_EVERY) {
+            start_writeback(&out, written - FLUSH_EVERY, FLUSH_EVERY);
+        }
     }
     if written != e.size || e.hash.as_deref() != Some(file_digest(&hashes, e.size).as_str()) {
         bail!(
@@ -293,19 +329,31 @@ fn write_file(
             e.path
         );
     }
-    // Mode and mtime through the descriptor (no second path lookup), then start writeback
-    // now so the final syncfs has little left to wait for.
+    // Mode and mtime through the descriptor: no second path lookup.
     out.set_permissions(fs::Permissions::from_mode(e.mode))
         .with_context(|| format!("could not set mode on {}", path.display()))?;
     let t = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
     filetime::set_file_handle_times(&out, Some(t), Some(t))
-        .with_context(|| format!("could not set mtime on {}", path.display()))?;
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a hint on a descriptor `out` keeps open; errors are harmless (syncfs follows).
-        unsafe { libc::sync_file_range(out.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    }
-    Ok(())
+        .with_context(|| format!("could not set mtime on {}", path.display()))
+}
+
+/// Big files start writeback every 8 MiB as they are written, so the final `syncfs` (which
+/// makes the restore durable before it is moved into place) has little left to wait for;
+/// small files are left to that one `syncfs`. Measured on the 1 GiB benchmark: a hint per
+/// small file cost more than it saved.
+const FLUSH_EVERY: u64 = 8 << 20;
+
+fn start_writeback(f: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a hint on a descriptor `f` keeps open; errors are harmless (syncfs follows).
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
 }
 
 fn set_mtime(p: &Path, e: &Entry, link: bool) -> Result<()> {
@@ -372,6 +420,28 @@ mod tests {
             ctime_nsec: 0,
             ino: 0,
         }
+    }
+
+    #[test]
+    fn batches_follow_directories_and_split_big_files() {
+        let mk = |p: &str, size: u64| Entry {
+            size,
+            ..entry(p, EntryKind::File)
+        };
+        let es = [
+            mk("a/1", 10),
+            mk("a/2", 10),
+            mk("b/big", 20 << 20),
+            mk("b/big2", 20 << 20),
+            mk("b/c/x", 1),
+            mk("top", 1),
+        ];
+        let refs: Vec<&Entry> = es.iter().collect();
+        assert_eq!(
+            batches_by_directory(&refs),
+            vec![0..2, 2..3, 3..4, 4..5, 5..6]
+        );
+        assert!(batches_by_directory(&[]).is_empty());
     }
 
     #[test]
