@@ -66,19 +66,7 @@ pub fn run(vault: &Vault, policy: &Policy, save_policy: bool, progress: bool) ->
         vault.save_policy(policy)?;
     }
     let pruned = prune_locked(vault, &policy.name, &retention)?;
-    let mut copies = Vec::new();
-    for c in &policy.copies {
-        let dst = Vault::at(&policy.resolve(&c.vault))?;
-        let _dst_lock = dst.lock_for_write()?;
-        let rep = copy_locked(vault, &manifest, &dst)
-            .with_context(|| format!("DR copy to {} failed", c.vault))?;
-        prune_locked(
-            &dst,
-            &policy.name,
-            c.retention.as_ref().unwrap_or(&retention),
-        )?;
-        copies.push(rep);
-    }
+    let copies = refresh_copies(vault, policy, &manifest, &retention)?;
     let snapshots = vault.snapshot_ids(Some(&policy.name))?.len();
     Ok(RunReport {
         manifest,
@@ -155,6 +143,30 @@ pub fn health(
     })
 }
 
+/// Copy snapshot `m` into every DR vault of `policy` and apply each copy's retention
+/// (the primary's when it has none). The caller holds `vault`'s writer lock.
+fn refresh_copies(
+    vault: &Vault,
+    policy: &Policy,
+    m: &Manifest,
+    retention: &Retention,
+) -> Result<Vec<CopyReport>> {
+    let mut reports = Vec::new();
+    for c in &policy.copies {
+        let dst = Vault::at(&policy.resolve(&c.vault))?;
+        let _dst_lock = dst.lock_for_write()?;
+        let rep = copy_locked(vault, m, &dst)
+            .with_context(|| format!("DR copy to {} failed", c.vault))?;
+        prune_locked(
+            &dst,
+            &policy.name,
+            c.retention.as_ref().unwrap_or(retention),
+        )?;
+        reports.push(rep);
+    }
+    Ok(reports)
+}
+
 /// Bring vaults in line with `policy` without a new snapshot: store the policy, apply
 /// retention, make sure every DR vault holds the newest snapshot. Returns the count left.
 pub fn maintain(vault: &Vault, policy: &Policy) -> Result<usize> {
@@ -164,18 +176,7 @@ pub fn maintain(vault: &Vault, policy: &Policy) -> Result<usize> {
     vault.save_policy(policy)?;
     prune_locked(vault, &policy.name, &retention)?;
     if let Some(id) = vault.latest_id(&policy.name)? {
-        let m = vault.load(&id)?;
-        for c in &policy.copies {
-            let dst = Vault::at(&policy.resolve(&c.vault))?;
-            let _dst_lock = dst.lock_for_write()?;
-            copy_locked(vault, &m, &dst)
-                .with_context(|| format!("DR copy to {} failed", c.vault))?;
-            prune_locked(
-                &dst,
-                &policy.name,
-                c.retention.as_ref().unwrap_or(&retention),
-            )?;
-        }
+        refresh_copies(vault, policy, &vault.load(&id)?, &retention)?;
     }
     Ok(vault.snapshot_ids(Some(&policy.name))?.len())
 }
