@@ -52,6 +52,10 @@ pub fn run(vault: &Vault, policy: &Policy, save_policy: bool, progress: bool) ->
     let retention = policy.retention.clone().unwrap_or_default();
     retention.validate()?;
     let _lock = vault.lock_for_write()?;
+    let mut reserved = Vec::new();
+    for c in &policy.copies {
+        reserved.extend(Vault::at(&policy.resolve(&c.vault))?.snapshot_ids(Some(&policy.name))?);
+    }
     let manifest = backup_locked(
         vault,
         &BackupOptions {
@@ -59,6 +63,7 @@ pub fn run(vault: &Vault, policy: &Policy, save_policy: bool, progress: bool) ->
             source: &source,
             compression_level: policy.compression_level,
             progress,
+            reserved: &reserved,
         },
     )?;
     // Only a backup that worked leaves a policy behind (import and the CLI trust it).
@@ -193,4 +198,44 @@ pub fn forget_all(vault: &Vault, name: &str) -> Result<usize> {
     }
     vault.gc_packs()?;
     Ok(ids.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::SourceKind;
+
+    /// A snapshot deleted by hand from the primary must not hand its id to the repair run:
+    /// the DR vault still holds a copy of different data under that id.
+    #[test]
+    fn repair_after_a_deleted_snapshot_never_reuses_a_dr_id() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("state.txt");
+        std::fs::write(&src, "one").unwrap();
+        let policy = Policy {
+            name: "s".into(),
+            source_kind: SourceKind::Path,
+            source_path: src.to_str().unwrap().into(),
+            base_dir: None,
+            retention: None,
+            copies: vec![super::super::policy::CopyPolicy {
+                vault: t.path().join("dr").to_str().unwrap().into(),
+                retention: None,
+            }],
+            compression_level: 3,
+            triggers: Default::default(),
+            delete_snapshots_on_destroy: false,
+        };
+        let vault = Vault::at(&t.path().join("v")).unwrap();
+        let dr = Vault::at(&t.path().join("dr")).unwrap();
+        let first = run(&vault, &policy, true, false).unwrap().manifest;
+        std::fs::remove_file(vault.manifest_path(&first.id)).unwrap();
+        std::fs::write(&src, "two").unwrap();
+        let second = run(&vault, &policy, true, false).unwrap().manifest;
+        assert_ne!(first.id, second.id);
+        assert_eq!(dr.load(&first.id).unwrap().checksum, first.checksum);
+        assert!(Verifier::new(&dr, Depth::Full)
+            .check_snapshot(&dr.load(&first.id).unwrap())
+            .is_empty());
+    }
 }

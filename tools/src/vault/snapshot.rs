@@ -29,6 +29,10 @@ pub struct BackupOptions<'a> {
     pub source: &'a Source,
     pub compression_level: i32,
     pub progress: bool,
+    /// Ids the new snapshot must not take although they are not in this vault: those held
+    /// by the DR vaults. A snapshot deleted by hand frees its id here but not there, and
+    /// reusing it would overwrite the DR copy of different data.
+    pub reserved: &'a [String],
 }
 
 /// Take a snapshot under the vault's writer lock.
@@ -94,7 +98,8 @@ pub fn backup_locked(vault: &Vault, opts: &BackupOptions) -> Result<Manifest> {
         .collect();
 
     let now = Utc::now();
-    let existing = vault.snapshot_ids(Some(opts.name))?;
+    let mut existing = vault.snapshot_ids(Some(opts.name))?;
+    existing.extend(opts.reserved.iter().cloned());
     let id = naming::next_id(opts.name, now, existing.iter().map(String::as_str));
 
     let mut packs: Vec<PackRef> = Vec::new();
