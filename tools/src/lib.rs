@@ -12,5 +12,8 @@ pub mod cli;
 pub mod duration;
 pub mod naming;
 pub mod progress;
+pub mod runtime;
 pub mod sources;
+pub mod spec;
+pub mod statedir;
 pub mod vault;

@@ -5,7 +5,10 @@ use clap::Parser;
 
 fn main() {
     let cli = localdr::cli::Cli::parse();
-    localdr::cli::init_logging(cli.verbose);
+    // The agent sets up its own logging (human or JSON lines, info by default).
+    if !matches!(cli.command, localdr::cli::Command::Agent(_)) {
+        localdr::cli::init_logging(cli.verbose);
+    }
     let code = match localdr::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

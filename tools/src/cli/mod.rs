@@ -1,12 +1,16 @@
 //! Command-line wiring. Exit codes: 0 success, 1 error or damage found, 2 drift found.
 
+mod agent;
 mod backup;
+mod chaos;
 mod copy;
+mod cost;
 mod drift;
 mod forget;
 mod list;
 mod prune;
 mod restore;
+mod status;
 mod verify;
 
 use crate::vault::retention::Retention;
@@ -19,7 +23,7 @@ use std::path::PathBuf;
 #[command(
     name = "localdr",
     version,
-    about = "Local disaster recovery: verified backups with retention, DR copies, restore and drift reports",
+    about = "Local disaster recovery: verified backups with retention, DR copies and restore; supervised worker pools; drift reports",
     long_about = None
 )]
 pub struct Cli {
@@ -48,6 +52,27 @@ pub enum Command {
     Prune(prune::PruneArgs),
     /// Run `terraform plan` (refresh-only and normal) and report drift; exit 2 on drift.
     Drift(drift::DriftArgs),
+    /// Run the agent that keeps worker pools running (foreground, --daemon, or `stop`).
+    Agent(agent::AgentArgs),
+    /// Show the agent and every service's replicas, health and restarts.
+    Status(status::StatusArgs),
+    /// Fault injection for drills: kill a replica.
+    Chaos(chaos::ChaosArgs),
+    /// Replica-hours and cost per service from the agent's event log, with schedule savings.
+    Cost(cost::CostArgs),
+}
+
+/// `--state-dir` as the agent-related subcommands take it.
+#[derive(Args, Debug, Clone)]
+pub struct StateDirArg {
+    /// The state directory (the provider's `state_dir`; default `.localdr` here).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "LOCALDR_STATE_DIR",
+        default_value = ".localdr"
+    )]
+    pub state_dir: PathBuf,
 }
 
 /// The restic-style retention flags shared by `backup` and `prune`.
@@ -122,6 +147,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Forget(a) => forget::run(a),
         Command::Prune(a) => prune::run(a),
         Command::Drift(a) => drift::run(a),
+        Command::Agent(a) => agent::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Chaos(a) => chaos::run(a),
+        Command::Cost(a) => cost::run(a),
     }
 }
 

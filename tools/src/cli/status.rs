@@ -1,0 +1,159 @@
+//! `localdr status`: the agent and every service's replicas, as a table or `--json`.
+
+use crate::spec::{AgentInfo, ServiceStatus};
+use crate::statedir::StateDir;
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub state: super::StateDirArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    state_dir: String,
+    agent_running: bool,
+    agent: Option<AgentInfo>,
+    services: Vec<ServiceReport>,
+}
+
+#[derive(Serialize)]
+struct ServiceReport {
+    name: String,
+    declared: bool,
+    status: Option<ServiceStatus>,
+    next_schedule: Option<String>,
+}
+
+pub fn run(a: StatusArgs) -> Result<i32> {
+    let sd = StateDir::new(&a.state.state_dir);
+    let running = sd.agent_running();
+    let mut names = sd.service_names()?;
+    for n in sd.status_names()? {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names.sort();
+    let declared = sd.service_names()?;
+    let mut services = Vec::new();
+    for n in names {
+        let next = sd.read_service(&n).ok().flatten().and_then(|l| {
+            l.spec
+                .schedules
+                .iter()
+                .filter_map(|s| {
+                    crate::runtime::schedule::next_fire(s, chrono::Utc::now())
+                        .map(|t| (t, s.name.clone()))
+                })
+                .min()
+                .map(|(t, s)| {
+                    format!(
+                        "{s} at {}",
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )
+                })
+        });
+        services.push(ServiceReport {
+            declared: declared.contains(&n),
+            status: if running { sd.read_status(&n)? } else { None },
+            name: n,
+            next_schedule: next,
+        });
+    }
+    let r = Report {
+        state_dir: sd.root().display().to_string(),
+        agent_running: running,
+        agent: if running { sd.agent_info()? } else { None },
+        services,
+    };
+    if a.json {
+        super::print_json(&r)?;
+        return Ok(0);
+    }
+    match (&r.agent, running) {
+        (Some(i), true) => println!("agent: running (pid {}, since {})", i.pid, i.started_at),
+        _ => println!(
+            "agent: NOT running on {} (start it: localdr agent --state-dir {} --daemon)",
+            r.state_dir, r.state_dir
+        ),
+    }
+    let mut t = super::table();
+    t.set_header([
+        "SERVICE",
+        "REPLICA",
+        "PORT",
+        "PID",
+        "STATE",
+        "HEALTH",
+        "RESTARTS",
+        "LAST EXIT",
+    ]);
+    for s in &r.services {
+        match &s.status {
+            None => {
+                t.add_row([
+                    s.name.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    if s.declared {
+                        "not running".into()
+                    } else {
+                        "removed".into()
+                    },
+                    "-".into(),
+                    "-".into(),
+                    String::new(),
+                ]);
+            }
+            Some(st) => {
+                for rep in &st.replicas {
+                    t.add_row([
+                        st.name.clone(),
+                        rep.index.to_string(),
+                        rep.port.to_string(),
+                        rep.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                        rep.state.clone(),
+                        rep.health.clone(),
+                        rep.restarts.to_string(),
+                        rep.last_exit.clone().unwrap_or_default(),
+                    ]);
+                }
+                if st.replicas.is_empty() {
+                    t.add_row([
+                        st.name.clone(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "scaled to 0".into(),
+                        "-".into(),
+                        "-".into(),
+                        String::new(),
+                    ]);
+                }
+            }
+        }
+    }
+    println!("{t}");
+    for s in &r.services {
+        if let Some(st) = &s.status {
+            let next = s
+                .next_schedule
+                .as_deref()
+                .map(|n| format!(", next: {n}"))
+                .unwrap_or_default();
+            println!(
+                "{}: desired {} ({}), in-flight {}{next}",
+                st.name, st.desired, st.reason, st.in_flight
+            );
+        }
+    }
+    Ok(0)
+}

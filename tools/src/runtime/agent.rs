@@ -1,0 +1,277 @@
+//! The agent: the one long-running process per state dir. It holds the state dir's lock,
+//! converges worker pools to the spec files the provider writes, publishes their status,
+//! and on SIGTERM drains (stop signal to every worker, SIGKILL after `stop_timeout`).
+
+use super::process;
+use super::supervisor::{self, Pool};
+use crate::spec::{AgentInfo, API_VERSION};
+use crate::statedir::{self, StateDir};
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub struct Options {
+    pub state_dir: PathBuf,
+    pub log_file: Option<PathBuf>,
+    /// Exit after this long with nothing to run (the provider starts agents this way, so a
+    /// `terraform destroy` leaves no process behind).
+    pub exit_when_idle: Option<Duration>,
+}
+
+/// Run in the foreground until SIGTERM or SIGINT.
+pub fn run(opts: Options) -> Result<()> {
+    let sd = StateDir::new(&opts.state_dir);
+    let _lock = sd.lock_agent()?;
+    let info = AgentInfo {
+        api_version: API_VERSION,
+        pid: std::process::id(),
+        started_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        version: env!("CARGO_PKG_VERSION").into(),
+        log_file: opts.log_file.as_ref().map(|p| p.display().to_string()),
+    };
+    crate::atomic::write_json(&sd.agent_info_path(), &info)?;
+    reap_leftovers(&sd);
+    tracing::info!(state_dir = %sd.root().display(), pid = info.pid, "agent started");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    let r = rt.block_on(main_loop(&sd, opts.exit_when_idle));
+    let _ = std::fs::remove_file(sd.agent_info_path());
+    tracing::info!("agent stopped");
+    r
+}
+
+/// Workers recorded by a previous agent that died without draining (kill -9): their direct
+/// children died with it (parent-death signal), but anything they forked may live on.
+fn reap_leftovers(sd: &StateDir) {
+    for name in sd.status_names().unwrap_or_default() {
+        if let Ok(Some(st)) = sd.read_status(&name) {
+            for r in &st.replicas {
+                if let Some(pid) = r.pid {
+                    if process::is_same_process(pid, r.pid_start) {
+                        tracing::warn!(service = %name, pid, "killing a worker left by a previous agent");
+                        process::signal_group(pid, libc::SIGKILL);
+                    } else {
+                        // The leader is gone; its group may not be.
+                        process::signal_group(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_file(sd.status_path(&name));
+    }
+}
+
+async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
+    // Spec files we could not use, by content hash, so each problem is logged once.
+    let mut rejected: HashMap<String, String> = HashMap::new();
+    let mut idle_since = Instant::now();
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
+            _ = tick.tick() => {}
+        }
+        let names = sd.service_names().unwrap_or_default();
+        for name in &names {
+            let path = sd.service_path(name);
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let hash = statedir::hash(&bytes);
+            if pools.get(name).is_some_and(|p| p.hash == hash) || rejected.get(name) == Some(&hash)
+            {
+                continue;
+            }
+            let loaded = statedir::parse_service(&path, &bytes).and_then(|l| {
+                let problems = l.spec.validate();
+                if let Some(p) = problems.first() {
+                    bail!("{}: {}: {}", path.display(), p.path, p.message);
+                }
+                Ok(l)
+            });
+            match loaded {
+                Ok(l) => {
+                    rejected.remove(name);
+                    match pools.get_mut(name) {
+                        Some(p) => p.update(l.spec, l.hash),
+                        None => {
+                            pools.insert(name.clone(), Pool::new(sd.clone(), l.spec, l.hash));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("ignoring spec: {e:#}");
+                    rejected.insert(name.clone(), hash);
+                }
+            }
+        }
+        for (name, p) in pools.iter_mut() {
+            if !names.contains(name) {
+                p.remove();
+            }
+        }
+        for p in pools.values_mut() {
+            p.tick();
+        }
+        pools.retain(|name, p| {
+            let done = !names.contains(name) && p.is_empty();
+            if done {
+                tracing::info!(service = %name, "service removed");
+                let _ = std::fs::remove_file(sd.status_path(name));
+            }
+            !done
+        });
+        if !pools.is_empty() || !names.is_empty() {
+            idle_since = Instant::now();
+        } else if exit_when_idle.is_some_and(|d| idle_since.elapsed() >= d) {
+            tracing::info!("nothing to run: exiting");
+            return Ok(());
+        }
+    }
+    drain(sd, &mut pools).await;
+    Ok(())
+}
+
+/// Stop every pool gracefully, then SIGKILL what outlives its `stop_timeout` (+1 s).
+async fn drain(sd: &StateDir, pools: &mut BTreeMap<String, Pool>) {
+    let limit = pools
+        .values()
+        .map(|p| crate::spec::dur(&p.spec.stop_timeout))
+        .max()
+        .unwrap_or_default()
+        + Duration::from_secs(2);
+    for p in pools.values_mut() {
+        p.remove();
+    }
+    let start = Instant::now();
+    while !pools.values().all(|p| p.is_empty()) {
+        if start.elapsed() > limit {
+            for p in pools.values_mut() {
+                supervisor::kill_all(p);
+            }
+        }
+        if start.elapsed() > limit + Duration::from_secs(5) {
+            tracing::error!("some workers did not exit even after SIGKILL");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for p in pools.values_mut() {
+            p.tick();
+        }
+    }
+    for name in pools.keys() {
+        let _ = std::fs::remove_file(sd.status_path(name));
+    }
+}
+
+/// Start an agent in the background (new session, output to `<state_dir>/logs/agent.log`)
+/// and wait until it holds the lock. Returns its pid.
+pub fn spawn_daemon(exe: &Path, state_dir: &Path, extra: &[String], wait: Duration) -> Result<u32> {
+    let sd = StateDir::new(state_dir);
+    sd.create()?;
+    if sd.agent_running() {
+        let pid = sd.agent_info().ok().flatten().map(|i| i.pid).unwrap_or(0);
+        bail!(
+            "another localdr agent (pid {pid}) is already running on state dir {}",
+            sd.root().display()
+        );
+    }
+    let log = sd.logs_dir().join("agent.log");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("could not open {}", log.display()))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("agent")
+        .arg("--state-dir")
+        .arg(sd.root())
+        .arg("--log-file")
+        .arg(&log)
+        .args(extra)
+        .current_dir(sd.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("could not start {}", exe.display()))?;
+    let pid = child.id();
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            let tail = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            bail!(
+                "the agent exited at once ({}); its log {} ends with:\n{tail}",
+                process::describe_exit(st),
+                log.display()
+            );
+        }
+        if sd.agent_running() && sd.agent_info().ok().flatten().is_some_and(|i| i.pid == pid) {
+            // Not waited for from here on: the agent outlives us, and init reaps it.
+            std::mem::forget(child);
+            return Ok(pid);
+        }
+        if start.elapsed() > wait {
+            let _ = child.kill();
+            bail!(
+                "the agent did not take the state dir lock within {wait:?}; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM the running agent and wait until it has drained and released the lock.
+pub fn stop(state_dir: &Path, wait: Duration) -> Result<Option<u32>> {
+    let sd = StateDir::new(state_dir);
+    if !sd.agent_running() {
+        return Ok(None);
+    }
+    let Some(info) = sd.agent_info()? else {
+        bail!(
+            "an agent holds {} but left no agent.json to say which pid it is",
+            sd.root().display()
+        );
+    };
+    process::signal_pid(info.pid, libc::SIGTERM)
+        .with_context(|| format!("could not signal agent pid {}", info.pid))?;
+    let start = Instant::now();
+    while sd.agent_running() {
+        if start.elapsed() > wait {
+            bail!("agent pid {} did not stop within {wait:?}", info.pid);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Some(info.pid))
+}

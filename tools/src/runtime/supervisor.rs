@@ -1,0 +1,659 @@
+//! One worker pool: starts, health-checks, restarts and scales the replicas of a service
+//! spec, and publishes what it sees. `tick` is called every 100 ms by the agent and never
+//! blocks: exits are polled with `try_wait`, probes run as tasks, stops are deadlines.
+
+use super::autoscale::{Autoscaler, Params};
+use super::events::{self, Event};
+use super::health::{self, Health, Tracker};
+use super::process;
+use super::restart::{Decision, Restarts};
+use super::schedule;
+use crate::spec::{dur, HealthCheck, ReplicaStatus, ServiceSpec, ServiceStatus, API_VERSION};
+use crate::statedir::StateDir;
+use chrono::{DateTime, SecondsFormat, Utc};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// Alive, not yet healthy since it started.
+    Starting,
+    /// Alive and healthy at least once since it started.
+    Running,
+    Backoff(Instant),
+    Stopping {
+        deadline: Instant,
+        killed: bool,
+    },
+    /// Ended and the policy does not restart it (`never`, `on-failure` after exit 0).
+    Exited,
+    /// Gave up: more than `max_restarts` restarts within `window`.
+    Failed,
+}
+
+/// Why a replica is being stopped, which decides what happens when it has exited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum After {
+    /// Scaled away or the service removed: drop it.
+    Retire,
+    /// The spec's process settings changed: start again at once.
+    Replace,
+    /// Failed its health check: a restart counted against the start limit.
+    Unhealthy,
+}
+
+struct Replica {
+    index: u32,
+    port: u16,
+    child: Option<Child>,
+    pid_start: u64,
+    state: State,
+    after: Option<After>,
+    tracker: Tracker,
+    next_probe: Instant,
+    probe: Option<JoinHandle<Result<(), String>>>,
+    last_counted_failure: Option<Instant>,
+    restarts: Restarts,
+    last_exit: Option<String>,
+    started: Option<(Instant, DateTime<Utc>)>,
+}
+
+pub struct Pool {
+    sd: StateDir,
+    pub spec: ServiceSpec,
+    pub hash: String,
+    replicas: BTreeMap<u32, Replica>,
+    autoscaler: Option<Autoscaler>,
+    next_sample: Instant,
+    next_schedule_eval: Instant,
+    in_flight: u32,
+    desired: u32,
+    baseline: u32,
+    reason: String,
+    schedule: Option<String>,
+    removing: bool,
+    published: Option<ServiceStatus>,
+    last_count: Option<(u32, u32)>,
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Pool {
+    pub fn new(sd: StateDir, spec: ServiceSpec, hash: String) -> Pool {
+        let now = Instant::now();
+        let autoscaler = spec
+            .autoscaling
+            .as_ref()
+            .map(|a| Autoscaler::new(spec.replicas.clamp(a.min_replicas, a.max_replicas)));
+        tracing::info!(service = %spec.name, replicas = spec.replicas, "service added");
+        Pool {
+            sd,
+            spec,
+            hash,
+            replicas: BTreeMap::new(),
+            autoscaler,
+            next_sample: now,
+            next_schedule_eval: now,
+            in_flight: 0,
+            desired: 0,
+            baseline: 0,
+            reason: "spec".into(),
+            schedule: None,
+            removing: false,
+            published: None,
+            last_count: None,
+        }
+    }
+
+    /// Adopt a changed spec without restarting replicas whose process settings are the same
+    /// (a replica count change never restarts the others).
+    pub fn update(&mut self, spec: ServiceSpec, hash: String) {
+        let now = Instant::now();
+        let old = std::mem::replace(&mut self.spec, spec);
+        self.hash = hash;
+        let s = &self.spec;
+        let process_changed = old.command != s.command
+            || old.env != s.env
+            || old.working_dir != s.working_dir
+            || old.base_dir != s.base_dir
+            || old.port_env_var != s.port_env_var
+            || old.base_port != s.base_port;
+        tracing::info!(service = %s.name, process_changed, "spec changed");
+        let health = s.effective_health();
+        let restart = s.effective_restart();
+        let health_changed = old.effective_health() != health;
+        let restart_changed = old.effective_restart() != restart;
+        let new_generation = old.generation != s.generation;
+        if old.autoscaling.is_none() != s.autoscaling.is_none() {
+            self.autoscaler = s
+                .autoscaling
+                .as_ref()
+                .map(|a| Autoscaler::new(self.desired.clamp(a.min_replicas, a.max_replicas)));
+        }
+        self.next_schedule_eval = now;
+        for r in self.replicas.values_mut() {
+            if health_changed {
+                r.tracker = Tracker::new(&health);
+            }
+            if restart_changed || new_generation {
+                r.restarts = Restarts::new(&restart);
+            }
+            if new_generation && matches!(r.state, State::Failed | State::Exited) {
+                r.state = State::Backoff(now);
+            }
+            if process_changed && r.child.is_some() && !matches!(r.state, State::Stopping { .. }) {
+                stop(&self.spec, r, After::Replace);
+            } else if process_changed && r.child.is_none() {
+                r.port = self.spec.base_port + r.index as u16;
+            }
+        }
+    }
+
+    /// Stop every replica; the pool is done when `is_empty`.
+    pub fn remove(&mut self) {
+        self.removing = true;
+        for r in self.replicas.values_mut() {
+            if r.child.is_some() && !matches!(r.state, State::Stopping { .. }) {
+                stop(&self.spec, r, After::Retire);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.replicas.values().all(|r| r.child.is_none())
+    }
+
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        self.evaluate_desired(now);
+        self.scale(now);
+        let spec = self.spec.clone();
+        let health = spec.effective_health();
+        let mut gone = Vec::new();
+        for r in self.replicas.values_mut() {
+            if step(&self.sd, &spec, &health, r, now) {
+                gone.push(r.index);
+            }
+        }
+        for i in gone {
+            self.replicas.remove(&i);
+        }
+        if self.removing {
+            self.replicas.retain(|_, r| r.child.is_some());
+        }
+        self.record_count();
+        self.publish();
+    }
+
+    /// Replica count now: the spec, bounded by the schedule in force, or the autoscaler.
+    fn evaluate_desired(&mut self, now: Instant) {
+        if self.removing {
+            self.desired = 0;
+            return;
+        }
+        if now >= self.next_schedule_eval {
+            self.next_schedule_eval = now + Duration::from_millis(500);
+            self.schedule =
+                schedule::active(&self.spec.schedules, Utc::now()).map(|s| s.name.clone());
+        }
+        let window = self
+            .schedule
+            .as_ref()
+            .and_then(|n| self.spec.schedules.iter().find(|s| &s.name == n));
+        let (mut min, mut max) = match &self.spec.autoscaling {
+            Some(a) => (a.min_replicas, a.max_replicas),
+            None => (self.spec.replicas, self.spec.replicas),
+        };
+        let unscheduled = (min, max);
+        if let Some(w) = window {
+            min = w.min_replicas;
+            max = w.max_replicas;
+        }
+        match (&self.spec.autoscaling, &mut self.autoscaler) {
+            (Some(a), Some(scaler)) => {
+                if now >= self.next_sample {
+                    self.next_sample = now + Duration::from_millis(500);
+                    let ports: HashSet<u16> = self
+                        .replicas
+                        .values()
+                        .filter(|r| r.child.is_some())
+                        .map(|r| r.port)
+                        .collect();
+                    self.in_flight = super::load::established(&ports);
+                    scaler.step(
+                        now,
+                        self.in_flight as f64,
+                        Params {
+                            min,
+                            max,
+                            target: a.target_utilization,
+                            out_cooldown: dur(&a.scale_out_cooldown),
+                            in_cooldown: dur(&a.scale_in_cooldown),
+                            disable_scale_in: a.disable_scale_in,
+                        },
+                    );
+                }
+                self.desired = scaler.current.clamp(min, max);
+                self.baseline = scaler.current.clamp(unscheduled.0, unscheduled.1);
+                self.reason = match window {
+                    Some(w) => format!("autoscaling within schedule {}", w.name),
+                    None => "autoscaling".into(),
+                };
+            }
+            _ => {
+                self.desired = self.spec.replicas.clamp(min, max);
+                self.baseline = self.spec.replicas;
+                self.reason = match window {
+                    Some(w) => format!("schedule {}", w.name),
+                    None => "spec".into(),
+                };
+            }
+        }
+    }
+
+    fn scale(&mut self, now: Instant) {
+        let health = self.spec.effective_health();
+        let restart = self.spec.effective_restart();
+        for i in 0..self.desired {
+            match self.replicas.get_mut(&i) {
+                None => {
+                    self.replicas.insert(
+                        i,
+                        Replica {
+                            index: i,
+                            port: self.spec.base_port + i as u16,
+                            child: None,
+                            pid_start: 0,
+                            state: State::Backoff(now),
+                            after: None,
+                            tracker: Tracker::new(&health),
+                            next_probe: now,
+                            probe: None,
+                            last_counted_failure: None,
+                            restarts: Restarts::new(&restart),
+                            last_exit: None,
+                            started: None,
+                        },
+                    );
+                }
+                Some(r) if r.after == Some(After::Retire) => r.after = Some(After::Replace),
+                Some(_) => {}
+            }
+        }
+        let spec = &self.spec;
+        self.replicas.retain(|&i, r| {
+            if i < self.desired {
+                return true;
+            }
+            if r.child.is_none() {
+                return false;
+            }
+            if !matches!(r.state, State::Stopping { .. }) {
+                stop(spec, r, After::Retire);
+            }
+            true
+        });
+    }
+
+    fn record_count(&mut self) {
+        let running = self
+            .replicas
+            .values()
+            .filter(|r| r.child.is_some() && !matches!(r.state, State::Stopping { .. }))
+            .count() as u32;
+        let key = (running, self.baseline);
+        if self.last_count != Some(key) {
+            self.last_count = Some(key);
+            let _ = events::append(
+                &self.sd.events_path(),
+                &Event {
+                    ts: Utc::now(),
+                    service: self.spec.name.clone(),
+                    kind: "replicas".into(),
+                    running: Some(running),
+                    baseline: Some(if self.removing { 0 } else { self.baseline }),
+                    price: Some(self.spec.cost_per_replica_hour),
+                    detail: self.reason.clone(),
+                },
+            );
+        }
+    }
+
+    pub fn status(&self) -> ServiceStatus {
+        ServiceStatus {
+            api_version: API_VERSION,
+            name: self.spec.name.clone(),
+            spec_hash: self.hash.clone(),
+            generation: self.spec.generation,
+            desired: self.desired,
+            reason: self.reason.clone(),
+            replicas: self.replicas.values().map(replica_status).collect(),
+            schedule: self.schedule.clone(),
+            in_flight: self.in_flight,
+            updated_at: String::new(),
+        }
+    }
+
+    fn publish(&mut self) {
+        let st = self.status();
+        if self.published.as_ref() == Some(&st) {
+            return;
+        }
+        let mut out = st.clone();
+        out.updated_at = stamp(Utc::now());
+        if let Err(e) = crate::atomic::write_json(&self.sd.status_path(&self.spec.name), &out) {
+            tracing::warn!(service = %self.spec.name, "could not publish status: {e:#}");
+            return;
+        }
+        self.published = Some(st);
+    }
+}
+
+fn replica_status(r: &Replica) -> ReplicaStatus {
+    let state = match r.state {
+        State::Starting => "starting",
+        State::Running => "running",
+        State::Backoff(_) => "backoff",
+        State::Stopping { .. } => "stopping",
+        State::Exited => "exited",
+        State::Failed => "failed",
+    };
+    ReplicaStatus {
+        index: r.index,
+        port: r.port,
+        pid: r.child.as_ref().map(|c| c.id()),
+        pid_start: r.pid_start,
+        state: state.into(),
+        health: if r.child.is_some() {
+            r.tracker.state.as_str().into()
+        } else {
+            Health::Unknown.as_str().into()
+        },
+        restarts: r.restarts.total,
+        last_exit: r.last_exit.clone(),
+        started_at: r.started.map(|(_, t)| stamp(t)),
+    }
+}
+
+fn log_event(sd: &StateDir, service: &str, kind: &str, detail: String) {
+    let _ = events::append(
+        &sd.events_path(),
+        &Event {
+            ts: Utc::now(),
+            service: service.into(),
+            kind: kind.into(),
+            running: None,
+            baseline: None,
+            price: None,
+            detail,
+        },
+    );
+}
+
+/// Send the stop signal to a replica's process group; SIGKILL follows at the deadline.
+fn stop(spec: &ServiceSpec, r: &mut Replica, after: After) {
+    r.after = Some(after);
+    if let Some(c) = &r.child {
+        let sig = process::signal_number(&spec.stop_signal).unwrap_or(libc::SIGTERM);
+        process::signal_group(c.id(), sig);
+        r.state = State::Stopping {
+            deadline: Instant::now() + dur(&spec.stop_timeout),
+            killed: false,
+        };
+    }
+    if let Some(p) = r.probe.take() {
+        p.abort();
+    }
+}
+
+/// Kill whatever is left of every replica right away (agent shutdown past its deadline).
+pub fn kill_all(pool: &mut Pool) {
+    for r in pool.replicas.values_mut() {
+        if let Some(c) = &r.child {
+            process::signal_group(c.id(), libc::SIGKILL);
+        }
+    }
+}
+
+fn working_dir(sd: &StateDir, spec: &ServiceSpec) -> PathBuf {
+    let base = spec
+        .base_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| sd.root().to_path_buf());
+    match &spec.working_dir {
+        Some(w) => base.join(w),
+        None => base,
+    }
+}
+
+fn env_of(spec: &ServiceSpec, r: &Replica) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push((spec.port_env_var.clone(), r.port.to_string()));
+    env.push(("LOCALDR_SERVICE".into(), spec.name.clone()));
+    env.push(("LOCALDR_REPLICA".into(), r.index.to_string()));
+    env
+}
+
+fn start(sd: &StateDir, spec: &ServiceSpec, health: &HealthCheck, r: &mut Replica, now: Instant) {
+    let cwd = working_dir(sd, spec);
+    let mut argv: Vec<String> = spec
+        .command
+        .iter()
+        .map(|a| a.replace("{port}", &r.port.to_string()))
+        .collect();
+    // A relative program path means relative to the working directory, on every platform.
+    if argv[0].contains('/') && !argv[0].starts_with('/') {
+        argv[0] = cwd.join(&argv[0]).display().to_string();
+    }
+    let log = sd.logs_dir().join(format!("{}-{}.log", spec.name, r.index));
+    let _ = std::fs::create_dir_all(sd.logs_dir());
+    let env = env_of(spec, r);
+    match process::spawn(&process::SpawnOptions {
+        argv: &argv,
+        env,
+        cwd: &cwd,
+        log: &log,
+    }) {
+        Ok(child) => {
+            r.pid_start = process::start_time(child.id());
+            tracing::info!(service = %spec.name, replica = r.index, port = r.port, pid = child.id(), "replica started");
+            r.child = Some(child);
+            r.state = State::Starting;
+            r.after = None;
+            r.tracker = Tracker::new(health);
+            r.next_probe = now + Duration::from_millis(50);
+            r.last_counted_failure = None;
+            r.started = Some((now, Utc::now()));
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            tracing::warn!(service = %spec.name, replica = r.index, "could not start: {why}");
+            r.last_exit = Some(why.clone());
+            decide(sd, spec, r, now, false, why);
+        }
+    }
+}
+
+/// Apply the restart policy to an ended (or unstartable, or unhealthy) replica.
+fn decide(
+    sd: &StateDir,
+    spec: &ServiceSpec,
+    r: &mut Replica,
+    now: Instant,
+    success: bool,
+    why: String,
+) {
+    match r.restarts.on_exit(now, success) {
+        Decision::Restart(d) => {
+            tracing::info!(service = %spec.name, replica = r.index, delay_ms = d.as_millis() as u64, "restarting after {why}");
+            log_event(
+                sd,
+                &spec.name,
+                "restart",
+                format!("replica {} ({why}); in {d:?}", r.index),
+            );
+            r.state = State::Backoff(now + d);
+        }
+        Decision::Stay => {
+            log_event(
+                sd,
+                &spec.name,
+                "exit",
+                format!("replica {} ({why}); not restarted by policy", r.index),
+            );
+            r.state = State::Exited;
+        }
+        Decision::GiveUp => {
+            let rp = spec.effective_restart();
+            tracing::error!(service = %spec.name, replica = r.index, "failed: more than {} restarts within {}; last: {why}", rp.max_restarts, rp.window);
+            log_event(
+                sd,
+                &spec.name,
+                "failed",
+                format!(
+                    "replica {}: more than {} restarts within {} (last: {why})",
+                    r.index, rp.max_restarts, rp.window
+                ),
+            );
+            r.state = State::Failed;
+        }
+    }
+}
+
+/// Advance one replica; returns true when it is gone for good (retired).
+fn step(
+    sd: &StateDir,
+    spec: &ServiceSpec,
+    health: &HealthCheck,
+    r: &mut Replica,
+    now: Instant,
+) -> bool {
+    // 1. Has the process ended?
+    if let Some(c) = r.child.as_mut() {
+        if let Ok(Some(st)) = c.try_wait() {
+            // Whatever the leader left behind in its group goes with it.
+            process::signal_group(c.id(), libc::SIGKILL);
+            let how = process::describe_exit(st);
+            r.child = None;
+            r.pid_start = 0;
+            if let Some(p) = r.probe.take() {
+                p.abort();
+            }
+            match (r.state, r.after.take()) {
+                (State::Stopping { .. }, Some(After::Retire)) => {
+                    tracing::info!(service = %spec.name, replica = r.index, "replica stopped ({how})");
+                    return true;
+                }
+                (State::Stopping { .. }, Some(After::Replace)) => {
+                    r.state = State::Backoff(now);
+                }
+                (State::Stopping { .. }, Some(After::Unhealthy)) => {
+                    decide(sd, spec, r, now, false, "unhealthy".into());
+                }
+                _ => {
+                    tracing::warn!(service = %spec.name, replica = r.index, "replica exited: {how}");
+                    r.last_exit = Some(how.clone());
+                    decide(sd, spec, r, now, st.success(), how);
+                }
+            }
+        }
+    }
+    // 2. Stops past their deadline get SIGKILL.
+    if let (State::Stopping { deadline, killed }, Some(c)) = (r.state, r.child.as_ref()) {
+        if !killed && now >= deadline {
+            tracing::warn!(service = %spec.name, replica = r.index, "did not stop in time: SIGKILL");
+            process::signal_group(c.id(), libc::SIGKILL);
+            r.state = State::Stopping {
+                deadline,
+                killed: true,
+            };
+        }
+    }
+    // 3. Backoff over: start.
+    if let State::Backoff(at) = r.state {
+        if now >= at {
+            start(sd, spec, health, r, now);
+        }
+    }
+    // 4. Health.
+    if r.child.is_some() && matches!(r.state, State::Starting | State::Running) {
+        probe(spec, health, r, now);
+    }
+    false
+}
+
+fn probe(spec: &ServiceSpec, health: &HealthCheck, r: &mut Replica, now: Instant) {
+    if let Some(p) = &r.probe {
+        if !p.is_finished() {
+            return;
+        }
+        let p = r.probe.take().expect("checked above");
+        let result = futures_now(p);
+        let since_start = r
+            .started
+            .map(|(t, _)| now.duration_since(t))
+            .unwrap_or_default();
+        match result {
+            Ok(()) => {
+                if r.tracker.record(true) == Some(Health::Healthy) {
+                    tracing::info!(service = %spec.name, replica = r.index, "healthy");
+                    r.state = State::Running;
+                    r.restarts.on_stable();
+                }
+            }
+            Err(why) => {
+                let interval = dur(&health.interval);
+                let in_grace = since_start < dur(&health.start_period);
+                // Until the first success, quick probes only count a failure per interval,
+                // so a slow starter is not killed by its fast start-up probes.
+                let counts = !in_grace
+                    && (r.state == State::Running
+                        || r.last_counted_failure
+                            .is_none_or(|t| now.duration_since(t) >= interval));
+                if counts {
+                    r.last_counted_failure = Some(now);
+                    tracing::debug!(service = %spec.name, replica = r.index, "health check failed: {why}");
+                    if r.tracker.record(false) == Some(Health::Unhealthy) {
+                        tracing::warn!(service = %spec.name, replica = r.index, "unhealthy ({why}): restarting");
+                        r.last_exit = Some(format!("unhealthy: {why}"));
+                        stop(spec, r, After::Unhealthy);
+                        return;
+                    }
+                }
+            }
+        }
+        r.next_probe = now + health::probe_every(health, r.state == State::Running);
+    }
+    if r.probe.is_none() && now >= r.next_probe {
+        let h = health.clone();
+        let port = r.port;
+        let env = env_of(spec, r);
+        r.probe = Some(tokio::spawn(
+            async move { health::check(&h, port, &env).await },
+        ));
+    }
+}
+
+/// The result of a finished task, without awaiting.
+fn futures_now<T>(h: JoinHandle<Result<T, String>>) -> Result<T, String> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut h = h;
+    match std::pin::Pin::new(&mut h).poll(&mut cx) {
+        std::task::Poll::Ready(Ok(r)) => r,
+        std::task::Poll::Ready(Err(e)) => Err(format!("probe task failed: {e}")),
+        std::task::Poll::Pending => Err("probe still running".into()),
+    }
+}
+
+use std::future::Future;

@@ -1,0 +1,265 @@
+//! The state directory shared by the provider, the agent and the CLI:
+//!
+//! ```text
+//! <state_dir>/services/<name>.json        desired state (written by the provider)
+//! <state_dir>/status/services/<name>.json what the agent sees (written by the agent)
+//! <state_dir>/agent.lock                  flock held by the one running agent
+//! <state_dir>/agent.json                  the agent's pid, start time and log file
+//! <state_dir>/events.jsonl                the agent's event log (scaling, exits, cost)
+//! <state_dir>/logs/                       agent and replica logs
+//! ```
+//!
+//! Every file is written atomically. Whether an agent runs is decided by the lock, never by
+//! a pid file: an flock dies with its process, so a killed agent is never mistaken for a
+//! live one.
+
+use crate::spec::{AgentInfo, ServiceSpec, ServiceStatus, API_VERSION};
+use anyhow::{bail, Context, Result};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// What a spec file holds: the parsed spec and the hash of its bytes.
+#[derive(Debug, Clone)]
+pub struct LoadedSpec {
+    pub spec: ServiceSpec,
+    pub hash: String,
+}
+
+impl StateDir {
+    /// The state dir at `root` (made absolute; not created).
+    pub fn new(root: &Path) -> StateDir {
+        StateDir {
+            root: crate::sources::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn services_dir(&self) -> PathBuf {
+        self.root.join("services")
+    }
+    pub fn service_path(&self, name: &str) -> PathBuf {
+        self.services_dir().join(format!("{name}.json"))
+    }
+    pub fn status_dir(&self) -> PathBuf {
+        self.root.join("status/services")
+    }
+    pub fn status_path(&self, name: &str) -> PathBuf {
+        self.status_dir().join(format!("{name}.json"))
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn events_path(&self) -> PathBuf {
+        self.root.join("events.jsonl")
+    }
+    pub fn agent_info_path(&self) -> PathBuf {
+        self.root.join("agent.json")
+    }
+    fn lock_path(&self) -> PathBuf {
+        self.root.join("agent.lock")
+    }
+
+    pub fn create(&self) -> Result<()> {
+        for d in [self.services_dir(), self.status_dir(), self.logs_dir()] {
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("could not create {}", d.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Write a spec atomically; returns the hash of the bytes written.
+    pub fn write_service(&self, spec: &ServiceSpec) -> Result<String> {
+        self.create()?;
+        let mut bytes = serde_json::to_vec_pretty(spec)?;
+        bytes.push(b'\n');
+        crate::atomic::write(&self.service_path(&spec.name), &bytes)?;
+        Ok(hash(&bytes))
+    }
+
+    /// `Ok(None)` when the spec file does not exist.
+    pub fn read_service(&self, name: &str) -> Result<Option<LoadedSpec>> {
+        let path = self.service_path(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
+        };
+        Ok(Some(parse_spec(&path, &bytes)?))
+    }
+
+    pub fn remove_service(&self, name: &str) -> Result<()> {
+        let path = self.service_path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => crate::atomic::fsync_dir(&self.services_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("could not remove {}", path.display())),
+        }
+    }
+
+    /// Names of every spec file (sorted).
+    pub fn service_names(&self) -> Result<Vec<String>> {
+        list_json(&self.services_dir())
+    }
+
+    pub fn read_status(&self, name: &str) -> Result<Option<ServiceStatus>> {
+        read_json(&self.status_path(name))
+    }
+
+    pub fn status_names(&self) -> Result<Vec<String>> {
+        list_json(&self.status_dir())
+    }
+
+    pub fn agent_info(&self) -> Result<Option<AgentInfo>> {
+        read_json(&self.agent_info_path())
+    }
+
+    /// Is an agent holding this state dir? Decided by the lock alone.
+    pub fn agent_running(&self) -> bool {
+        let Ok(f) = File::open(self.lock_path()) else {
+            return false;
+        };
+        match f.try_lock_shared() {
+            Ok(()) => false,
+            Err(TryLockError::WouldBlock) => true,
+            Err(TryLockError::Error(_)) => false,
+        }
+    }
+
+    /// Take the agent lock, or say who holds it.
+    pub fn lock_agent(&self) -> Result<File> {
+        self.create()?;
+        let path = self.lock_path();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("could not open {}", path.display()))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(TryLockError::WouldBlock) => {
+                let who = self
+                    .agent_info()
+                    .ok()
+                    .flatten()
+                    .map(|i| format!(" (pid {})", i.pid))
+                    .unwrap_or_default();
+                bail!(
+                    "another localdr agent{who} is already running on state dir {}; \
+                     stop it first (`localdr agent stop --state-dir {}`) or use it as it is",
+                    self.root.display(),
+                    self.root.display()
+                )
+            }
+            Err(TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("could not lock {}", path.display()))
+            }
+        }
+    }
+}
+
+pub fn hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+fn parse_spec(path: &Path, bytes: &[u8]) -> Result<LoadedSpec> {
+    let v: serde_json::Value = serde_json::from_slice(bytes)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let ver = v.get("api_version").and_then(|x| x.as_u64()).unwrap_or(0);
+    if ver != API_VERSION as u64 {
+        bail!(
+            "{} has api_version {ver}; this localdr understands {API_VERSION} (upgrade localdr or re-apply)",
+            path.display()
+        );
+    }
+    let spec: ServiceSpec = serde_json::from_value(v)
+        .with_context(|| format!("{} is not a valid service spec", path.display()))?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    if spec.name != stem {
+        bail!(
+            "{} declares name {:?}; a spec's name must match its file name",
+            path.display(),
+            spec.name
+        );
+    }
+    Ok(LoadedSpec {
+        spec,
+        hash: hash(bytes),
+    })
+}
+
+/// Parse a spec file's bytes (the agent reads them itself to hash exactly what it applies).
+pub fn parse_service(path: &Path, bytes: &[u8]) -> Result<LoadedSpec> {
+    parse_spec(path, bytes)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(b) => {
+            Ok(Some(serde_json::from_slice(&b).with_context(|| {
+                format!("could not parse {}", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
+    }
+}
+
+fn list_json(dir: &Path) -> Result<Vec<String>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("could not list {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e?;
+        let n = e.file_name();
+        let Some(n) = n.to_str() else { continue };
+        if n.starts_with('.') {
+            continue;
+        }
+        if let Some(stem) = n.strip_suffix(".json") {
+            out.push(stem.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_says_whether_an_agent_runs() {
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(t.path());
+        assert!(!sd.agent_running());
+        let held = sd.lock_agent().unwrap();
+        assert!(sd.agent_running());
+        let err = sd.lock_agent().unwrap_err().to_string();
+        assert!(err.contains("already running"), "{err}");
+        drop(held);
+        assert!(!sd.agent_running());
+    }
+
+    #[test]
+    fn a_spec_must_match_its_file_name_and_version() {
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(t.path());
+        sd.create().unwrap();
+        std::fs::write(sd.service_path("a"), r#"{"api_version": 99, "name": "a"}"#).unwrap();
+        let e = format!("{:#}", sd.read_service("a").unwrap_err());
+        assert!(e.contains("api_version 99"), "{e}");
+        assert!(sd.read_service("missing").unwrap().is_none());
+    }
+}
