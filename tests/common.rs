@@ -30,6 +30,16 @@ pub fn bin(name: &str) -> PathBuf {
     need(dir.join(name), name)
 }
 
+/// PATH with the release binaries first.
+pub fn path_with_bins() -> std::ffi::OsString {
+    let dir = bin("localdr").parent().expect("bin dir").to_path_buf();
+    let mut paths = vec![dir];
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(paths).expect("PATH")
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum TfVersion {
     /// 1.0.3: the oldest protocol-6 Terraform.
@@ -122,6 +132,8 @@ impl Tf {
             .env("TF_CLI_CONFIG_FILE", cli_config())
             .env("TF_IN_AUTOMATION", "1")
             .env("CHECKPOINT_DISABLE", "1")
+            // The provider finds `localdr` on PATH, as a user's would.
+            .env("PATH", path_with_bins())
             .env_remove("TF_PLUGIN_CACHE_DIR")
             .env_remove("TF_LOG");
         c

@@ -6,6 +6,7 @@
 //! `false`, `plan` shows `false -> true`, and `apply` takes a fresh snapshot. When the policy
 //! file is gone the resource is gone. Read never repairs anything itself.
 
+use super::util::{blocking, known};
 use crate::provider::Shared;
 use crate::schema::{attr, boolean, number, string};
 use async_trait::async_trait;
@@ -97,12 +98,6 @@ fn retention_block_schema(desc: &str) -> Block {
 
 // ---- conversions between HCL values and engine types ----
 
-fn known<T: Clone>(v: &Value<T>) -> Option<T> {
-    match v {
-        Value::Value(x) => Some(x.clone()),
-        _ => None,
-    }
-}
 
 fn to_retention(b: &Value<RetentionBlock>) -> Option<Retention> {
     let b = known(b)?;
@@ -412,18 +407,6 @@ fn fill_from_manifest(s: &mut BackupState, m: &localdr::vault::manifest::Manifes
     s.checksum = Value::Value(m.checksum.clone());
     s.file_count = Value::Value(m.file_count as i64);
     s.snapshots = Value::Value(count as i64);
-}
-
-/// Run blocking engine work off the async runtime; a panic becomes an error, not a
-/// cancelled request.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> Result<T, String> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{e:#}")),
-        Err(e) => Err(format!("internal error: {e}")),
-    }
 }
 
 /// Take a snapshot by `state`'s policy and record the result in it.

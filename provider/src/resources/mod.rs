@@ -1,1 +1,3 @@
 pub mod backup;
+pub mod service;
+mod util;

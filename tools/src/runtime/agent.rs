@@ -2,6 +2,7 @@
 //! converges worker pools to the spec files the provider writes, publishes their status,
 //! and on SIGTERM drains (stop signal to every worker, SIGKILL after `stop_timeout`).
 
+use super::events;
 use super::process;
 use super::supervisor::{self, Pool};
 use crate::spec::{AgentInfo, API_VERSION};
@@ -62,6 +63,30 @@ fn reap_leftovers(sd: &StateDir) {
             }
         }
         let _ = std::fs::remove_file(sd.status_path(&name));
+    }
+    // A previous agent killed outright never logged its pools going to zero; say so now so
+    // `localdr cost` does not bill the time after it died.
+    let mut last: BTreeMap<String, u32> = BTreeMap::new();
+    for e in events::read(&sd.events_path()).unwrap_or_default() {
+        if e.kind == "replicas" {
+            last.insert(e.service, e.running.unwrap_or(0));
+        }
+    }
+    for (service, running) in last {
+        if running > 0 {
+            let _ = events::append(
+                &sd.events_path(),
+                &events::Event {
+                    ts: Utc::now(),
+                    service,
+                    kind: "replicas".into(),
+                    running: Some(0),
+                    baseline: Some(0),
+                    price: None,
+                    detail: "agent restarted after an unclean stop".into(),
+                },
+            );
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod autoscale;
+pub mod control;
 pub mod events;
 pub mod health;
 pub mod load;

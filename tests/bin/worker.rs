@@ -1,0 +1,72 @@
+//! A small HTTP worker for the end-to-end tests: answers `GET /` with its port and pid,
+//! `/health` with 200, `/sleep?ms=N` after N ms (to hold a request in flight), and with
+//! `--crash` exits 3 at once (a replica that crashes at start). HTTP/1.1 keep-alive, one
+//! thread per connection, std only.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--crash") {
+        eprintln!("worker: crashing at start as asked");
+        std::process::exit(3);
+    }
+    let port: u16 = args
+        .iter()
+        .position(|a| a == "--port")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .or_else(|| std::env::var("PORT").ok())
+        .and_then(|p| p.parse().ok())
+        .expect("--port N or PORT");
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| {
+        eprintln!("worker: cannot bind 127.0.0.1:{port}: {e}");
+        std::process::exit(2)
+    });
+    eprintln!("worker: listening on 127.0.0.1:{port}");
+    for s in l.incoming().flatten() {
+        std::thread::spawn(move || serve(s, port));
+    }
+}
+
+fn serve(s: TcpStream, port: u16) {
+    let mut w = match s.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let mut close = line.contains("HTTP/1.0");
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h.to_ascii_lowercase().starts_with("connection: close") {
+                close = true;
+            }
+            if h == "\r\n" || h == "\n" {
+                break;
+            }
+        }
+        if let Some(ms) = path.strip_prefix("/sleep?ms=") {
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(100)));
+        }
+        let body = format!("port={port} pid={}\n", std::process::id());
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        if w.write_all(resp.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
