@@ -147,7 +147,9 @@ impl Provider for LocaldrProvider {
         if let (Ok(mut g), Value::Value(a)) = (self.shared.agent.write(), config.agent) {
             *g = Some(a);
         }
-        if let (Ok(mut g), Value::Value(p)) = (self.shared.localdr_path.write(), config.localdr_path) {
+        if let (Ok(mut g), Value::Value(p)) =
+            (self.shared.localdr_path.write(), config.localdr_path)
+        {
             *g = Some(p);
         }
         tracing::debug!(%terraform_version, state_dir = %dir.display(), "configured");

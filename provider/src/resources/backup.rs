@@ -98,7 +98,6 @@ fn retention_block_schema(desc: &str) -> Block {
 
 // ---- conversions between HCL values and engine types ----
 
-
 fn to_retention(b: &Value<RetentionBlock>) -> Option<Retention> {
     let b = known(b)?;
     let n = |v: &N| known(v).map(|x| x.clamp(0, u32::MAX as i64) as u32);

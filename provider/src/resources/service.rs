@@ -265,7 +265,10 @@ fn from_spec(state: &mut ServiceState, sp: &ServiceSpec) {
     state.env = if sp.env.is_empty() && !matches!(state.env, Value::Value(_)) {
         Value::Null
     } else {
-        v(sp.env.iter().map(|(k, x)| (k.clone(), v(x.clone()))).collect())
+        v(sp.env
+            .iter()
+            .map(|(k, x)| (k.clone(), v(x.clone())))
+            .collect())
     };
     state.working_dir = sp.working_dir.clone().into();
     state.replicas = v(sp.replicas as i64);
@@ -315,8 +318,7 @@ fn from_spec(state: &mut ServiceState, sp: &ServiceSpec) {
     state.schedule = if sp.schedules.is_empty() && !matches!(state.schedule, Value::Value(_)) {
         Value::Null
     } else {
-        v(sp
-            .schedules
+        v(sp.schedules
             .iter()
             .map(|s| {
                 v(ScheduleBlock {
@@ -336,7 +338,9 @@ fn from_spec(state: &mut ServiceState, sp: &ServiceSpec) {
 /// One `127.0.0.1:port` per port the service may use (its whole range, so the list does
 /// not change as the autoscaler or a schedule moves the count).
 fn endpoints(sp: &ServiceSpec) -> Value<Vec<S>> {
-    v(sp.port_range().map(|p| v(format!("127.0.0.1:{p}"))).collect())
+    v(sp.port_range()
+        .map(|p| v(format!("127.0.0.1:{p}")))
+        .collect())
 }
 
 /// "schedule.0.cron" → the attribute path Terraform shows.
@@ -356,9 +360,14 @@ fn path_of(dotted: &str) -> AttributePath {
 
 /// Checks that need only the configuration. Unknown values are skipped (plan checks again).
 fn check_config(diags: &mut Diagnostics, c: &ServiceState) {
-    let neg = |diags: &mut Diagnostics, v: &N, at: &str, min: i64| {
+    let mut reported: Vec<String> = Vec::new();
+    // A copy with out-of-range numbers raised to their minimum, so the remaining checks
+    // still run and one plan shows every problem.
+    let mut filled = c.clone();
+    let neg = |diags: &mut Diagnostics, reported: &mut Vec<String>, v: &N, at: &str, min: i64| {
         if let Value::Value(x) = v {
             if *x < min {
+                reported.push(at.to_string());
                 diags.error(
                     format!("Invalid {}", at.rsplit('.').next().unwrap_or(at)),
                     format!("{at} must be {min} or more; got {x}."),
@@ -367,9 +376,13 @@ fn check_config(diags: &mut Diagnostics, c: &ServiceState) {
             }
         }
     };
-    neg(diags, &c.replicas, "replicas", 0);
+    neg(diags, &mut reported, &c.replicas, "replicas", 0);
+    if matches!(filled.replicas, Value::Value(x) if x < 0) {
+        filled.replicas = v(0);
+    }
     if let Value::Value(p) = &c.base_port {
         if !(1..=65535).contains(p) {
+            reported.push("base_port".into());
             diags.error(
                 "Invalid base_port",
                 format!("base_port must be between 1 and 65535; got {p}."),
@@ -378,31 +391,79 @@ fn check_config(diags: &mut Diagnostics, c: &ServiceState) {
         }
     }
     if let Value::Value(h) = &c.health_check {
-        neg(diags, &h.healthy_threshold, "health_check.0.healthy_threshold", 1);
-        neg(diags, &h.unhealthy_threshold, "health_check.0.unhealthy_threshold", 1);
+        neg(
+            diags,
+            &mut reported,
+            &h.healthy_threshold,
+            "health_check.0.healthy_threshold",
+            1,
+        );
+        neg(
+            diags,
+            &mut reported,
+            &h.unhealthy_threshold,
+            "health_check.0.unhealthy_threshold",
+            1,
+        );
     }
     if let Value::Value(r) = &c.restart {
-        neg(diags, &r.max_restarts, "restart.0.max_restarts", 0);
+        neg(
+            diags,
+            &mut reported,
+            &r.max_restarts,
+            "restart.0.max_restarts",
+            0,
+        );
     }
     if let Value::Value(a) = &c.autoscaling {
-        neg(diags, &a.min_replicas, "autoscaling.0.min_replicas", 0);
-        neg(diags, &a.max_replicas, "autoscaling.0.max_replicas", 0);
+        neg(
+            diags,
+            &mut reported,
+            &a.min_replicas,
+            "autoscaling.0.min_replicas",
+            0,
+        );
+        neg(
+            diags,
+            &mut reported,
+            &a.max_replicas,
+            "autoscaling.0.max_replicas",
+            0,
+        );
     }
     if let Value::Value(list) = &c.schedule {
         for (i, sc) in list.iter().enumerate() {
             if let Value::Value(sc) = sc {
-                neg(diags, &sc.min_replicas, &format!("schedule.{i}.min_replicas"), 0);
-                neg(diags, &sc.max_replicas, &format!("schedule.{i}.max_replicas"), 0);
+                neg(
+                    diags,
+                    &mut reported,
+                    &sc.min_replicas,
+                    &format!("schedule.{i}.min_replicas"),
+                    0,
+                );
+                neg(
+                    diags,
+                    &mut reported,
+                    &sc.max_replicas,
+                    &format!("schedule.{i}.max_replicas"),
+                    0,
+                );
             }
         }
     }
-    if !diags.errors.is_empty() {
-        return;
+    for n in numbers_mut(&mut filled) {
+        if matches!(n, Value::Value(x) if *x < 0) {
+            *n = v(0);
+        }
     }
-    let mut filled = c.clone();
     apply_defaults(&mut filled);
     if let Ok(sp) = to_spec(&filled) {
         for p in sp.validate() {
+            if reported.contains(&p.path)
+                || (p.path == "base_port" && reported.iter().any(|r| r == "base_port"))
+            {
+                continue;
+            }
             diags.error(
                 format!("Invalid {}", p.path.rsplit('.').next().unwrap_or(&p.path)),
                 format!("{}.", p.message),
@@ -421,9 +482,39 @@ fn check_config(diags: &mut Diagnostics, c: &ServiceState) {
     }
 }
 
+/// Every count in a configuration, for clamping before the spec checks.
+fn numbers_mut(s: &mut ServiceState) -> Vec<&mut N> {
+    let mut out: Vec<&mut N> = vec![&mut s.replicas];
+    if let Value::Value(h) = &mut s.health_check {
+        out.push(&mut h.healthy_threshold);
+        out.push(&mut h.unhealthy_threshold);
+    }
+    if let Value::Value(r) = &mut s.restart {
+        out.push(&mut r.max_restarts);
+    }
+    if let Value::Value(a) = &mut s.autoscaling {
+        out.push(&mut a.min_replicas);
+        out.push(&mut a.max_replicas);
+    }
+    if let Value::Value(list) = &mut s.schedule {
+        for sc in list.iter_mut() {
+            if let Value::Value(sc) = sc {
+                out.push(&mut sc.min_replicas);
+                out.push(&mut sc.max_replicas);
+            }
+        }
+    }
+    out
+}
+
 impl ServiceResource {
     /// Ports must not overlap another service's, on disk or planned in this run.
-    fn check_ports(&self, diags: &mut Diagnostics, planned: &ServiceState, prior_name: Option<&str>) {
+    fn check_ports(
+        &self,
+        diags: &mut Diagnostics,
+        planned: &ServiceState,
+        prior_name: Option<&str>,
+    ) {
         let Ok(sp) = to_spec(planned) else { return };
         let range = sp.port_range();
         let sd = self.shared.state_dir();
@@ -558,7 +649,9 @@ fn health_block_schema() -> Block {
 fn restart_block_schema() -> Block {
     Block {
         version: 1,
-        description: Description::plain("When and how fast to restart a replica that exits (systemd start-limit meaning)."),
+        description: Description::plain(
+            "When and how fast to restart a replica that exits (systemd start-limit meaning).",
+        ),
         attributes: map! {
             "policy" => string(OptionalComputed, "`always` (default), `on-failure` or `never`."),
             "max_restarts" => number(OptionalComputed, "More restarts than this within `window` marks the replica failed. Default 5."),
@@ -817,10 +910,9 @@ impl Resource for ServiceResource {
             .and_then(|t| localdr::duration::parse(&t).ok())
             .unwrap_or(Duration::from_secs(10));
         let sd = self.shared.state_dir();
-        let r = blocking(move || {
-            control::remove_service(&sd, &name, stop + Duration::from_secs(10))
-        })
-        .await;
+        let r =
+            blocking(move || control::remove_service(&sd, &name, stop + Duration::from_secs(10)))
+                .await;
         if let Err(e) = r {
             diags.root_error("Could not stop the service", e);
             return None;

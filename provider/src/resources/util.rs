@@ -21,4 +21,3 @@ pub async fn blocking<T: Send + 'static>(
         Err(e) => Err(format!("internal error: {e}")),
     }
 }
-

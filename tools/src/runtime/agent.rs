@@ -232,6 +232,7 @@ pub fn spawn_daemon(exe: &Path, state_dir: &Path, extra: &[String], wait: Durati
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
+            process::cloexec_inherited();
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }

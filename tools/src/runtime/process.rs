@@ -49,6 +49,7 @@ pub fn spawn(o: &SpawnOptions) -> Result<Child> {
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
+            cloexec_inherited();
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -61,6 +62,31 @@ pub fn spawn(o: &SpawnOptions) -> Result<Child> {
     }
     cmd.spawn()
         .with_context(|| format!("could not start {:?} in {}", o.argv[0], o.cwd.display()))
+}
+
+/// Mark every descriptor from 3 up close-on-exec. Run between fork and exec: a process
+/// started from Terraform inherits its pipes, and a worker or agent holding them open
+/// would keep `terraform apply`'s output open (and its caller waiting) forever.
+///
+/// # Safety
+/// Only async-signal-safe calls; meant for `pre_exec`.
+pub unsafe fn cloexec_inherited() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    if libc::syscall(
+        libc::SYS_close_range,
+        3 as libc::c_uint,
+        libc::c_uint::MAX,
+        CLOSE_RANGE_CLOEXEC,
+    ) == 0
+    {
+        return;
+    }
+    for fd in 3..4096 {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
 }
 
 /// Send `sig` to the process group led by `pid`.
