@@ -35,3 +35,49 @@ module "app_backups" {
     release = var.release
   }
 }
+
+# The application's web tier: three replicas serving the data directory, kept running by
+# the localdr agent (started on demand by `terraform apply`), health-checked, restarted
+# with backoff, and scaled to zero in a nightly window to save cost.
+resource "localdr_service" "web" {
+  name        = "web"
+  command     = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+  working_dir = "${local.demo}/data"
+  replicas    = var.web_replicas
+  base_port   = var.web_base_port
+
+  health_check {
+    path     = "/"
+    interval = "5s"
+    timeout  = "2s"
+  }
+
+  restart {
+    max_restarts    = 5
+    window          = "60s"
+    backoff_initial = "100ms"
+    backoff_max     = "10s"
+  }
+
+  dynamic "schedule" {
+    for_each = var.night_window ? [1] : []
+    content {
+      name         = "night"
+      cron         = "0 1 * * *"
+      min_replicas = 0
+      max_replicas = 0
+    }
+  }
+  dynamic "schedule" {
+    for_each = var.night_window ? [1] : []
+    content {
+      name         = "day"
+      cron         = "0 5 * * *"
+      min_replicas = var.web_replicas
+      max_replicas = var.web_replicas
+    }
+  }
+
+  cost_per_replica_hour = 0.05
+  stop_timeout          = "5s"
+}

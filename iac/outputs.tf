@@ -13,3 +13,7 @@ output "snapshots" {
 output "valid" {
   value = module.app_backups.valid
 }
+
+output "web_endpoints" {
+  value = localdr_service.web.endpoints
+}

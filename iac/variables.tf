@@ -27,3 +27,21 @@ variable "release" {
   type        = string
   default     = "1"
 }
+
+variable "web_replicas" {
+  description = "Replicas of the web tier."
+  type        = number
+  default     = 3
+}
+
+variable "web_base_port" {
+  description = "Replica i of the web tier listens on 127.0.0.1:(web_base_port + i)."
+  type        = number
+  default     = 18080
+}
+
+variable "night_window" {
+  description = "Scale the web tier to zero from 01:00 to 05:00 UTC."
+  type        = bool
+  default     = true
+}

@@ -12,7 +12,8 @@ cd "$ROOT/iac"
 step() { printf '\n=== %s\n' "$*"; }
 
 # The demo is a sandbox: each run starts from scratch so it tells the same story.
-rm -rf demo logs terraform.tfstate terraform.tfstate.backup
+localdr agent stop --state-dir .localdr >/dev/null 2>&1 || true
+rm -rf demo logs .localdr terraform.tfstate terraform.tfstate.backup
 
 step "1. the stand-in application stack (its state file is what we protect)"
 "$TF" -chdir=app init -input=false -no-color >/dev/null
@@ -65,5 +66,37 @@ localdr verify --vault demo/vault
 step "8. restore the protected state next to the original"
 localdr restore --vault demo/vault --name app-state --latest --to demo/restored.tfstate
 python3 -c 'import json; s=json.load(open("demo/restored.tfstate")); print("restored state: serial", s["serial"], "lineage", s["lineage"])'
+step "9. the web tier: a pool of 3 replicas kept running by the agent"
+localdr status --state-dir .localdr
+desired="$(localdr status --state-dir .localdr --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["services"][0]["status"]["desired"])')"
+if [ "$desired" -gt 0 ]; then
+  for port in $(seq 18080 $((18080 + desired - 1))); do
+    printf '127.0.0.1:%s -> HTTP %s\n' "$port" "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")"
+  done
+
+  step "10. chaos: kill -9 replica 1; the agent restarts it"
+  localdr chaos kill --state-dir .localdr --service web --replica 1
+  sleep 1
+  localdr status --state-dir .localdr | sed -n '1,6p'
+else
+  echo "(the night window is in force: the pool is scaled to zero, which is not drift)"
+fi
+
+step "11. disaster: the agent dies (kill -9); plan shows it, apply brings it back"
+kill -9 "$(python3 -c 'import json; print(json.load(open(".localdr/agent.json"))["pid"])')"
+sleep 0.5
+set +e
+localdr drift --dir .; code=$?
+set -e
+echo "localdr drift exit code: $code (2 = drift)"
+[ "$code" = 2 ]
+"$TF" apply -auto-approve -input=false -no-color | grep -E 'ensure_running|Apply complete'
+"$TF" plan -detailed-exitcode -input=false -no-color >/dev/null && echo "re-plan: no changes"
+
+step "12. what the pool cost so far, and what the night window saves"
+localdr cost --state-dir .localdr --since 1h
+
+step "13. stop the agent (the pool with it); the next terraform apply starts both again"
+localdr agent stop --state-dir .localdr
 echo
-echo "demo complete: vaults in iac/demo/, drift reports in iac/logs/"
+echo "demo complete: vaults in iac/demo/, drift reports in iac/logs/, agent state in iac/.localdr/"

@@ -25,7 +25,51 @@ use tf_provider::{map, AttributePath, Diagnostics, Resource};
 
 type S = Value<String>;
 type N = Value<i64>;
-type F = Value<f64>;
+type F = Value<Num>;
+
+/// A Terraform number that may be fractional. Terraform sends whole numbers as integers,
+/// binary fractions as floats, and the rest (0.05) as decimal strings, so all three parse.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Num(pub f64);
+
+/// Sent back the way Terraform sends it: an integer, or a decimal string (`0.05`) that
+/// Terraform parses to exactly the number in the configuration (a float64 would differ in
+/// the last bits and fail Terraform's plan consistency check).
+impl Serialize for Num {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let x = self.0;
+        if x.fract() == 0.0 && x.abs() < 9.0e15 {
+            s.serialize_i64(x as i64)
+        } else {
+            s.serialize_str(&format!("{x}"))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E>(self, x: f64) -> Result<Num, E> {
+                Ok(Num(x))
+            }
+            fn visit_i64<E>(self, x: i64) -> Result<Num, E> {
+                Ok(Num(x as f64))
+            }
+            fn visit_u64<E>(self, x: u64) -> Result<Num, E> {
+                Ok(Num(x as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, x: &str) -> Result<Num, E> {
+                x.parse().map(Num).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 type B = Value<bool>;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -125,7 +169,7 @@ fn apply_defaults(s: &mut ServiceState) {
     fill(&mut s.port_env_var, "PORT".into());
     fill(&mut s.stop_signal, "SIGTERM".into());
     fill(&mut s.stop_timeout, "10s".into());
-    fill(&mut s.cost_per_replica_hour, 0.0);
+    fill(&mut s.cost_per_replica_hour, Num(0.0));
     fill(&mut s.wait_for_healthy, true);
     fill(&mut s.wait_timeout, "60s".into());
     fill(&mut s.ensure_running, true);
@@ -209,7 +253,7 @@ fn to_spec(s: &ServiceState) -> Result<ServiceSpec, String> {
         Value::Value(a) => Some(Autoscaling {
             min_replicas: n32(&a.min_replicas, "autoscaling.min_replicas")?,
             max_replicas: n32(&a.max_replicas, "autoscaling.max_replicas")?,
-            target_utilization: k(&a.target_utilization, "autoscaling.target_utilization")?,
+            target_utilization: k(&a.target_utilization, "autoscaling.target_utilization")?.0,
             scale_out_cooldown: k(&a.scale_out_cooldown, "autoscaling.scale_out_cooldown")?,
             scale_in_cooldown: k(&a.scale_in_cooldown, "autoscaling.scale_in_cooldown")?,
             disable_scale_in: k(&a.disable_scale_in, "autoscaling.disable_scale_in")?,
@@ -250,7 +294,7 @@ fn to_spec(s: &ServiceState) -> Result<ServiceSpec, String> {
         stop_timeout: k(&s.stop_timeout, "stop_timeout")?,
         autoscaling,
         schedules,
-        cost_per_replica_hour: k(&s.cost_per_replica_hour, "cost_per_replica_hour")?,
+        cost_per_replica_hour: k(&s.cost_per_replica_hour, "cost_per_replica_hour")?.0,
         generation: 0,
     })
 }
@@ -309,7 +353,7 @@ fn from_spec(state: &mut ServiceState, sp: &ServiceSpec) {
         Some(a) => v(AutoscalingBlock {
             min_replicas: v(a.min_replicas as i64),
             max_replicas: v(a.max_replicas as i64),
-            target_utilization: v(a.target_utilization),
+            target_utilization: v(Num(a.target_utilization)),
             scale_out_cooldown: v(a.scale_out_cooldown.clone()),
             scale_in_cooldown: v(a.scale_in_cooldown.clone()),
             disable_scale_in: v(a.disable_scale_in),
@@ -331,7 +375,7 @@ fn from_spec(state: &mut ServiceState, sp: &ServiceSpec) {
             })
             .collect())
     };
-    state.cost_per_replica_hour = v(sp.cost_per_replica_hour);
+    state.cost_per_replica_hour = v(Num(sp.cost_per_replica_hour));
     state.endpoints = endpoints(sp);
 }
 
@@ -831,8 +875,9 @@ impl Resource for ServiceResource {
         check_config(diags, &config_state);
         let mut planned = proposed_state;
         apply_defaults(&mut planned);
-        if let Value::Value(true) = config_state.ensure_running {
-        } else if config_state.ensure_running.is_null() {
+        // Not in the configuration: the proposal carries the refreshed `false`; the plan
+        // is to be running (`false -> true`).
+        if config_state.ensure_running.is_null() {
             planned.ensure_running = v(true);
         }
         let prior_name = known(&prior_state.name);
@@ -854,8 +899,8 @@ impl Resource for ServiceResource {
         if cmp_planned != cmp_prior {
             set_runtime_unknown(&mut planned);
         } else {
-            planned.running = prior_state.running.clone();
-            planned.healthy = prior_state.healthy.clone();
+            planned.running = prior_state.running;
+            planned.healthy = prior_state.healthy;
         }
         Some((planned, prior_private_state, replace))
     }

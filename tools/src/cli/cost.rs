@@ -62,9 +62,9 @@ pub fn run(a: CostArgs) -> Result<i32> {
         t.add_row([
             r.service.clone(),
             format!("{:.3}", r.replica_hours),
-            format!("{:.2}", r.cost),
+            format!("{:.4}", r.cost),
             format!("{:.3} h", r.baseline_replica_hours),
-            format!("{:.2}", r.saved),
+            format!("{:.4}", r.saved),
         ]);
     }
     println!(
