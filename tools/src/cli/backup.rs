@@ -19,8 +19,14 @@ pub struct BackupArgs {
     #[arg(long, conflicts_with = "tfstate")]
     pub path: Option<PathBuf>,
     /// A Terraform state file to back up (validated; serial and lineage recorded).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "postgres")]
     pub tfstate: Option<PathBuf>,
+    /// A PostgreSQL database to back up with pg_dump (the password comes from
+    /// --pg-password-file, PGPASSWORD or ~/.pgpass; never from an argument).
+    #[arg(long, value_name = "DATABASE", conflicts_with = "path")]
+    pub postgres: Option<String>,
+    #[command(flatten)]
+    pub pg: PgArgs,
     #[command(flatten)]
     pub retention: RetentionArgs,
     /// Keep a verified copy in this DR vault (repeatable).
@@ -38,8 +44,66 @@ pub struct BackupArgs {
     pub json: bool,
 }
 
+/// Where a PostgreSQL database is (shared by `backup`, `restore` and `drill`).
+#[derive(Args, Debug, Clone)]
+pub struct PgArgs {
+    /// PostgreSQL host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub pg_host: String,
+    /// PostgreSQL port.
+    #[arg(long, default_value_t = 5432)]
+    pub pg_port: u16,
+    /// PostgreSQL user.
+    #[arg(long, default_value = "postgres")]
+    pub pg_user: String,
+    /// A file whose first line is the password.
+    #[arg(long, value_name = "FILE")]
+    pub pg_password_file: Option<PathBuf>,
+    /// `custom` (pg_dump -Fc) or `plain` (SQL).
+    #[arg(long, default_value = "custom", value_parser = ["custom", "plain"])]
+    pub dump_format: String,
+}
+
+impl PgArgs {
+    pub fn config(&self, database: &str) -> Result<crate::sources::postgres::PgConfig> {
+        Ok(crate::sources::postgres::PgConfig {
+            host: self.pg_host.clone(),
+            port: self.pg_port,
+            database: database.to_string(),
+            user: self.pg_user.clone(),
+            password_file: self
+                .pg_password_file
+                .as_ref()
+                .map(|p| sources::absolute(p).map(|p| p.display().to_string()))
+                .transpose()?,
+            password_managed: false,
+            dump_format: self.dump_format.clone(),
+        })
+    }
+}
+
 pub fn run(a: BackupArgs) -> Result<i32> {
     let vault = a.vault.open()?;
+    if let Some(db) = &a.postgres {
+        let cfg = a.pg.config(db)?;
+        let policy = Policy {
+            name: a.name.clone(),
+            source_kind: SourceKind::Postgres,
+            source_path: cfg.url(),
+            base_dir: None,
+            retention: a.retention.to_retention(),
+            copies: copies(&a)?,
+            compression_level: a.compression_level,
+            triggers: Default::default(),
+            delete_snapshots_on_destroy: false,
+            postgres: Some(cfg),
+            schedule: None,
+            start_window: None,
+            rpo: None,
+            rto: None,
+        };
+        return report(&a, run::run(&vault, &policy, a.save_policy, !a.json)?);
+    }
     let (policy, save) = match (&a.path, &a.tfstate) {
         (None, None) => match vault.load_policy(&a.name)? {
             Some(p) => (p, false),
@@ -56,16 +120,7 @@ pub fn run(a: BackupArgs) -> Result<i32> {
                 _ => unreachable!("matched above"),
             };
             let abs = sources::absolute(p)?;
-            let copies = a
-                .copy_to
-                .iter()
-                .map(|c| {
-                    Ok(CopyPolicy {
-                        vault: sources::absolute(c)?.display().to_string(),
-                        retention: None,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let copies = copies(&a)?;
             (
                 Policy {
                     name: a.name.clone(),
@@ -77,12 +132,32 @@ pub fn run(a: BackupArgs) -> Result<i32> {
                     compression_level: a.compression_level,
                     triggers: Default::default(),
                     delete_snapshots_on_destroy: false,
+                    postgres: None,
+                    schedule: None,
+                    start_window: None,
+                    rpo: None,
+                    rto: None,
                 },
                 a.save_policy,
             )
         }
     };
-    let report = run::run(&vault, &policy, save, !a.json)?;
+    report(&a, run::run(&vault, &policy, save, !a.json)?)
+}
+
+fn copies(a: &BackupArgs) -> Result<Vec<CopyPolicy>> {
+    a.copy_to
+        .iter()
+        .map(|c| {
+            Ok(CopyPolicy {
+                vault: sources::absolute(c)?.display().to_string(),
+                retention: None,
+            })
+        })
+        .collect()
+}
+
+fn report(a: &BackupArgs, report: run::RunReport) -> Result<i32> {
     if a.json {
         print_json(&serde_json::json!({
             "snapshot_id": report.manifest.id,
@@ -92,6 +167,7 @@ pub fn run(a: BackupArgs) -> Result<i32> {
             "added_bytes": report.manifest.added_bytes,
             "checksum": report.manifest.checksum,
             "tfstate": report.manifest.tfstate,
+            "postgres": report.manifest.postgres,
             "pruned": report.pruned,
             "copies": report.copies,
             "snapshots": report.snapshots,
@@ -107,6 +183,12 @@ pub fn run(a: BackupArgs) -> Result<i32> {
         );
         if let Some(t) = &m.tfstate {
             println!("tfstate serial {} lineage {}", t.serial, t.lineage);
+        }
+        if let Some(p) = &m.postgres {
+            println!(
+                "database {} on {}:{} (PostgreSQL {}), {} dump",
+                p.database, p.host, p.port, p.server_version, p.dump_format
+            );
         }
         for c in &report.copies {
             println!(

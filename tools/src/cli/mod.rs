@@ -6,6 +6,7 @@ mod chaos;
 mod copy;
 mod cost;
 mod drift;
+mod drill;
 mod forget;
 mod list;
 mod prune;
@@ -52,6 +53,8 @@ pub enum Command {
     Prune(prune::PruneArgs),
     /// Run `terraform plan` (refresh-only and normal) and report drift; exit 2 on drift.
     Drift(drift::DriftArgs),
+    /// DR drill: restore the newest snapshot to a scratch target, check it, measure RTO/RPO.
+    Drill(drill::DrillArgs),
     /// Run the agent that keeps worker pools running (foreground, --daemon, or `stop`).
     Agent(agent::AgentArgs),
     /// Show the agent and every service's replicas, health and restarts.
@@ -147,6 +150,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Forget(a) => forget::run(a),
         Command::Prune(a) => prune::run(a),
         Command::Drift(a) => drift::run(a),
+        Command::Drill(a) => drill::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Status(a) => status::run(a),
         Command::Chaos(a) => chaos::run(a),

@@ -37,6 +37,14 @@ pub struct RestoreArgs {
     /// Do not ask for confirmation (menu mode).
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// PostgreSQL: restore into this new database instead of over the original (which is
+    /// first dumped as a safety snapshot `<name>.pre-restore`).
+    #[arg(long, value_name = "NAME")]
+    pub to_database: Option<String>,
+    /// PostgreSQL: a file whose first line is the password (else the stored policy's,
+    /// PGPASSWORD or ~/.pgpass).
+    #[arg(long, value_name = "FILE")]
+    pub pg_password_file: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -71,7 +79,7 @@ pub fn run(a: RestoreArgs) -> Result<i32> {
             })?
             .with_timezone(&chrono::Utc);
         one_name(&good, &a.name)?;
-        match good.iter().rev().find(|m| m.created_at <= t) {
+        match crate::vault::pick::at_or_before(&good, t) {
             Some(m) => m.clone(),
             None => bail!(
                 "no snapshot was taken at or before {at}; the oldest is {}",
@@ -87,6 +95,9 @@ pub fn run(a: RestoreArgs) -> Result<i32> {
             }
         }
     };
+    if chosen.postgres.is_some() {
+        return restore_pg(&vault, &chosen, &a);
+    }
     let report = restore(
         &vault,
         &chosen,
@@ -108,6 +119,60 @@ pub fn run(a: RestoreArgs) -> Result<i32> {
         );
         if let Some(s) = &report.safety_copy {
             println!("what was there before is kept at {}", s.display());
+        }
+    }
+    Ok(0)
+}
+
+/// The seed's safety rules: say what goes where, ask, then restore in one transaction.
+fn restore_pg(vault: &crate::vault::Vault, m: &Manifest, a: &RestoreArgs) -> Result<i32> {
+    let cfg = crate::vault::pgrestore::config_for(vault, m, a.pg_password_file.clone())?;
+    let target = a
+        .to_database
+        .clone()
+        .unwrap_or_else(|| cfg.database.clone());
+    let how = if a.to_database.is_some() {
+        "a NEW database".to_string()
+    } else {
+        format!(
+            "the ORIGINAL database (dumped first as {}.pre-restore)",
+            m.name
+        )
+    };
+    let mut err = std::io::stderr();
+    writeln!(
+        err,
+        "Snapshot {} ({}, taken {}) of database {}\n  -> into {how} \"{target}\" on {}:{}",
+        m.id,
+        human_bytes(m.size_bytes),
+        m.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        m.postgres
+            .as_ref()
+            .map(|p| p.database.as_str())
+            .unwrap_or("?"),
+        cfg.host,
+        cfg.port
+    )?;
+    if !a.yes {
+        write!(err, "Type 'yes' to continue: ")?;
+        err.flush()?;
+        let mut ans = String::new();
+        std::io::stdin().lock().read_line(&mut ans)?;
+        if ans.trim() != "yes" {
+            eprintln!("restore cancelled; nothing was changed");
+            return Ok(1);
+        }
+    }
+    let r = crate::vault::pgrestore::restore_database(vault, m, cfg, a.to_database.as_deref())?;
+    if a.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "restored {} into database \"{}\" on {} in {:.1} s",
+            r.snapshot_id, r.database, r.server, r.seconds
+        );
+        if let Some(s) = &r.safety_snapshot {
+            println!("the database as it was is kept as snapshot {s}");
         }
     }
     Ok(0)

@@ -1,6 +1,7 @@
-//! What a backup reads: a file or directory tree (`path`) or a Terraform state file
-//! (`tfstate`). PostgreSQL comes later, through `pg_dump`.
+//! What a backup reads: a file or directory tree (`path`), a Terraform state file
+//! (`tfstate`), or a PostgreSQL database (`postgres`, through `pg_dump`).
 
+pub mod postgres;
 pub mod tfstate;
 pub mod walk;
 
@@ -16,6 +17,8 @@ pub enum SourceKind {
     Path,
     /// A Terraform state file, validated and with `serial`/`lineage` recorded.
     Tfstate,
+    /// A PostgreSQL database, dumped with `pg_dump` (one file in the snapshot).
+    Postgres,
 }
 
 impl SourceKind {
@@ -23,6 +26,7 @@ impl SourceKind {
         match self {
             SourceKind::Path => "path",
             SourceKind::Tfstate => "tfstate",
+            SourceKind::Postgres => "postgres",
         }
     }
 }

@@ -82,6 +82,20 @@ pub struct SourceInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgSnapshot {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    /// `custom` or `plain`.
+    pub dump_format: String,
+    pub server_version: String,
+    /// Rows per table right after the dump, for drills to compare against.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub row_counts: std::collections::BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
     pub id: String,
@@ -90,6 +104,12 @@ pub struct Manifest {
     pub source: SourceInfo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tfstate: Option<TfstateInfo>,
+    /// For a PostgreSQL source: where the dump came from and how to load it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgSnapshot>,
+    /// What took the snapshot: `schedule` for the agent; empty for a manual or Terraform run.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub origin: String,
     pub compression_level: i32,
     /// Number of regular files.
     pub file_count: u64,
@@ -184,6 +204,8 @@ mod tests {
                 is_dir: true,
             },
             tfstate: None,
+            postgres: None,
+            origin: String::new(),
             compression_level: 3,
             file_count: 1,
             size_bytes: 5,

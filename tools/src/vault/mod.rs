@@ -14,6 +14,8 @@
 pub mod copy;
 pub mod lock;
 pub mod manifest;
+pub mod pgrestore;
+pub mod pick;
 pub mod policy;
 pub mod restore;
 pub mod retention;

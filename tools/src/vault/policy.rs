@@ -36,6 +36,21 @@ pub struct Policy {
     pub triggers: BTreeMap<String, String>,
     #[serde(default)]
     pub delete_snapshots_on_destroy: bool,
+    /// For `source_kind = postgres`: how to reach the database (never the password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<crate::sources::postgres::PgConfig>,
+    /// Cron expression the agent takes snapshots on (AWS Backup rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// A scheduled run that cannot start within this long of its time is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_window: Option<String>,
+    /// Recovery point objective: the newest good snapshot must be younger (`localdr drill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo: Option<String>,
+    /// Recovery time objective: a drill's restore must finish within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto: Option<String>,
 }
 
 impl Policy {

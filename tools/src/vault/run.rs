@@ -3,13 +3,15 @@
 
 use super::copy::{copy_locked, CopyReport};
 use super::manifest::Manifest;
+use super::manifest::PgSnapshot;
 use super::policy::Policy;
 use super::retention::{self, Retention};
 use super::snapshot::{backup_locked, BackupOptions};
 use super::verify::{Depth, Verifier};
 use super::Vault;
 use crate::naming;
-use crate::sources::Source;
+use crate::sources::postgres::Pg;
+use crate::sources::{Source, SourceKind};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -48,9 +50,63 @@ pub fn prune(vault: &Vault, name: &str, policy: &Retention) -> Result<Vec<String
 
 /// Take a snapshot by `policy`, apply its retention, refresh every DR copy.
 pub fn run(vault: &Vault, policy: &Policy, save_policy: bool, progress: bool) -> Result<RunReport> {
-    let source = Source::new(policy.source_kind, &policy.source())?;
+    run_as(vault, policy, save_policy, progress, "")
+}
+
+/// `run`, recording what started it (`schedule` for the agent).
+pub fn run_as(
+    vault: &Vault,
+    policy: &Policy,
+    save_policy: bool,
+    progress: bool,
+    origin: &str,
+) -> Result<RunReport> {
     let retention = policy.retention.clone().unwrap_or_default();
     retention.validate()?;
+    // A database is dumped to a private temporary file first (outside the lock: a dump
+    // can take long and holds no vault state), then stored like any file.
+    let mut _staging = None;
+    let mut pg_info = None;
+    let source = match (policy.source_kind, &policy.postgres) {
+        (SourceKind::Postgres, Some(cfg)) => {
+            let pg = Pg::new(cfg.clone(), None)?;
+            let info = pg.check()?;
+            let dir = tempfile::Builder::new()
+                .prefix(".localdr-dump-")
+                .tempdir()
+                .context("could not create a temporary directory for the dump")?;
+            let file = dir.path().join(format!(
+                "{}.{}",
+                cfg.database,
+                if cfg.dump_format == "plain" {
+                    "sql"
+                } else {
+                    "dump"
+                }
+            ));
+            pg.dump(&file)?;
+            let row_counts = pg.table_counts(&cfg.database)?;
+            pg_info = Some(PgSnapshot {
+                row_counts,
+                host: cfg.host.clone(),
+                port: cfg.port,
+                database: cfg.database.clone(),
+                user: cfg.user.clone(),
+                dump_format: cfg.dump_format.clone(),
+                server_version: info.server_version,
+            });
+            let s = Source::new(SourceKind::Path, &file)?;
+            _staging = Some(dir);
+            s
+        }
+        (SourceKind::Postgres, None) => {
+            anyhow::bail!(
+                "backup {} is a postgres source without connection settings",
+                policy.name
+            )
+        }
+        (kind, _) => Source::new(kind, &policy.source())?,
+    };
     let _lock = vault.lock_for_write()?;
     let mut reserved = Vec::new();
     for c in &policy.copies {
@@ -64,6 +120,8 @@ pub fn run(vault: &Vault, policy: &Policy, save_policy: bool, progress: bool) ->
             compression_level: policy.compression_level,
             progress,
             reserved: &reserved,
+            postgres: pg_info,
+            origin,
         },
     )?;
     // Only a backup that worked leaves a policy behind (import and the CLI trust it).
@@ -225,6 +283,11 @@ mod tests {
             compression_level: 3,
             triggers: Default::default(),
             delete_snapshots_on_destroy: false,
+            postgres: None,
+            schedule: None,
+            start_window: None,
+            rpo: None,
+            rto: None,
         };
         let vault = Vault::at(&t.path().join("v")).unwrap();
         let dr = Vault::at(&t.path().join("dr")).unwrap();

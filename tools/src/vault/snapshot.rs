@@ -33,6 +33,10 @@ pub struct BackupOptions<'a> {
     /// by the DR vaults. A snapshot deleted by hand frees its id here but not there, and
     /// reusing it would overwrite the DR copy of different data.
     pub reserved: &'a [String],
+    /// Set when `source` is a dump of this database.
+    pub postgres: Option<super::manifest::PgSnapshot>,
+    /// `schedule` when the agent takes it; empty otherwise.
+    pub origin: &'a str,
 }
 
 /// Take a snapshot under the vault's writer lock.
@@ -73,7 +77,7 @@ pub fn backup_locked(vault: &Vault, opts: &BackupOptions) -> Result<Manifest> {
             }
             Some(tfstate::inspect(&src.path)?)
         }
-        SourceKind::Path => None,
+        SourceKind::Path | SourceKind::Postgres => None,
     };
     let source_path = src
         .path
@@ -220,12 +224,25 @@ pub fn backup_locked(vault: &Vault, opts: &BackupOptions) -> Result<Manifest> {
         id: id.clone(),
         name: opts.name.to_string(),
         created_at: now,
-        source: SourceInfo {
-            kind: src.kind,
-            path: source_path,
-            is_dir: root_is_dir,
+        source: match &opts.postgres {
+            // The dump file was a temporary; the snapshot names the database.
+            Some(pg) => SourceInfo {
+                kind: SourceKind::Postgres,
+                path: format!(
+                    "postgres://{}@{}:{}/{}",
+                    pg.user, pg.host, pg.port, pg.database
+                ),
+                is_dir: false,
+            },
+            None => SourceInfo {
+                kind: src.kind,
+                path: source_path,
+                is_dir: root_is_dir,
+            },
         },
         tfstate,
+        postgres: opts.postgres.clone(),
+        origin: opts.origin.to_string(),
         compression_level: opts.compression_level,
         file_count,
         size_bytes,
