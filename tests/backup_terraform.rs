@@ -408,3 +408,104 @@ fn drift_report(v: TfVersion) {
 }
 
 both_terraforms!(lifecycle, delete_on_destroy, invalid_values, drift_report);
+
+/// The agent takes scheduled snapshots (a seconds-level cron here) and applies retention
+/// after each: the newest `keep_last` remain, marked as taken by the schedule.
+#[test]
+fn scheduled_backups_run_in_the_agent_with_retention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = tmp.path().join("state");
+    let tf = Tf::new(
+        TfVersion::New,
+        &format!(
+            r#"
+terraform {{
+  required_providers {{
+    localdr = {{ source = "localdr/localdr" }}
+  }}
+}}
+provider "localdr" {{
+  state_dir = "{}"
+}}
+resource "localdr_backup" "data" {{
+  name     = "data"
+  path     = "${{path.root}}/data"
+  vault    = "${{path.root}}/vault"
+  schedule = "* * * * * *"
+  retention {{
+    keep_last = 3
+  }}
+}}
+"#,
+            sd.display()
+        ),
+    );
+    struct StopAgent(std::path::PathBuf);
+    impl Drop for StopAgent {
+        fn drop(&mut self) {
+            let _ = localdr(&["agent", "stop", "--state-dir", self.0.to_str().unwrap()]);
+        }
+    }
+    let _stop = StopAgent(sd.clone());
+    let d = tf.path().to_path_buf();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::write(d.join("data/a.txt"), "alpha").unwrap();
+    tf.init();
+    tf.apply();
+    tf.assert_empty_plan("with the schedule handed to the agent");
+    let vault = d.join("vault");
+    let scheduled = |v: &std::path::Path| -> Vec<String> {
+        let vault = localdr::vault::Vault::at(v).unwrap();
+        let (good, _) = vault.manifests(Some("data")).unwrap();
+        good.iter()
+            .filter(|m| m.origin == "schedule")
+            .map(|m| m.id.clone())
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let st = localdr::statedir::StateDir::new(&sd)
+            .read_schedule_status("data")
+            .unwrap();
+        if st.as_ref().is_some_and(|s| s.runs >= 5) {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "5 scheduled runs did not happen: {st:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Retention after each run: exactly the 3 newest are kept, all taken by the schedule.
+    let vault_h = localdr::vault::Vault::at(&vault).unwrap();
+    let all = vault_h.snapshot_ids(Some("data")).unwrap();
+    assert!(
+        all.len() <= 4,
+        "retention keeps 3 (+1 if a run is mid-way): {all:?}"
+    );
+    let sched = scheduled(&vault);
+    assert!(sched.len() >= 2, "{sched:?}");
+    let l = localdr(&["list", "--vault", vault.to_str().unwrap()]);
+    assert!(l.stdout.contains("schedule"), "{}", l.stdout);
+    let s = localdr(&["status", "--state-dir", sd.to_str().unwrap()]);
+    assert!(s.stdout.contains("backup data: next run"), "{}", s.stdout);
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    // Without the schedule the agent has nothing to do and exits.
+    let start = std::time::Instant::now();
+    while localdr::statedir::StateDir::new(&sd).agent_running() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the agent did not exit after destroy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let kept = localdr::vault::Vault::at(&vault)
+        .unwrap()
+        .snapshot_ids(Some("data"))
+        .unwrap();
+    assert_eq!(
+        kept.len(),
+        3,
+        "after the last run retention leaves 3: {kept:?}"
+    );
+}

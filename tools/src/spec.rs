@@ -466,6 +466,34 @@ impl ServiceStatus {
     }
 }
 
+/// A backup the agent takes on a cron schedule: the policy itself stays in the vault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSchedule {
+    pub api_version: u32,
+    /// The backup name (the policy's name in `vault`).
+    pub name: String,
+    /// Absolute vault path.
+    pub vault: String,
+    /// 5 fields, or 6 with seconds first (UTC).
+    pub cron: String,
+    /// A run that cannot start within this long of its time is skipped (AWS Backup).
+    pub start_window: String,
+}
+
+/// What the agent publishes for a backup schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupScheduleStatus {
+    pub name: String,
+    pub spec_hash: String,
+    pub next_run: Option<String>,
+    pub last_run: Option<String>,
+    /// `ok`, `error: …`, `skipped: …`, or `running`.
+    pub last_result: Option<String>,
+    pub last_snapshot: Option<String>,
+    pub runs: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {
     pub api_version: u32,

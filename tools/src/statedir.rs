@@ -53,6 +53,39 @@ impl StateDir {
     pub fn status_path(&self, name: &str) -> PathBuf {
         self.status_dir().join(format!("{name}.json"))
     }
+    pub fn schedules_dir(&self) -> PathBuf {
+        self.root.join("schedules")
+    }
+    pub fn schedule_path(&self, name: &str) -> PathBuf {
+        self.schedules_dir().join(format!("{name}.json"))
+    }
+    pub fn schedule_status_path(&self, name: &str) -> PathBuf {
+        self.root
+            .join("status/schedules")
+            .join(format!("{name}.json"))
+    }
+    pub fn schedule_names(&self) -> Result<Vec<String>> {
+        list_json(&self.schedules_dir())
+    }
+    pub fn write_schedule(&self, s: &crate::spec::BackupSchedule) -> Result<()> {
+        std::fs::create_dir_all(self.schedules_dir())?;
+        std::fs::create_dir_all(self.root.join("status/schedules"))?;
+        crate::atomic::write_json(&self.schedule_path(&s.name), s)
+    }
+    pub fn remove_schedule(&self, name: &str) -> Result<()> {
+        match std::fs::remove_file(self.schedule_path(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).context("could not remove the schedule"),
+        }
+    }
+    pub fn read_schedule_status(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::spec::BackupScheduleStatus>> {
+        read_json(&self.schedule_status_path(name))
+    }
+
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
     }

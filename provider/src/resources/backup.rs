@@ -30,6 +30,7 @@ type N = Value<i64>;
 type B = Value<bool>;
 
 pub const DEFAULT_COMPRESSION: i64 = 3;
+pub const DEFAULT_START_WINDOW: &str = "1h";
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct RetentionBlock {
@@ -69,6 +70,8 @@ pub struct BackupState {
     pub postgres: Value<PostgresBlock>,
     pub rpo: S,
     pub rto: S,
+    pub schedule: S,
+    pub start_window: S,
     pub vault: S,
     #[serde(with = "value::serde_as_vec")]
     pub retention: Value<RetentionBlock>,
@@ -261,8 +264,8 @@ fn policy_of(s: &BackupState, state_dir: &Path) -> Result<Policy, String> {
             .collect(),
         delete_snapshots_on_destroy: known(&s.delete_snapshots_on_destroy).unwrap_or(false),
         postgres,
-        schedule: None,
-        start_window: None,
+        schedule: known(&s.schedule),
+        start_window: known(&s.start_window),
         rpo: known(&s.rpo),
         rto: known(&s.rto),
     })
@@ -350,7 +353,20 @@ fn check_config(diags: &mut Diagnostics, c: &BackupState) {
             );
         }
     }
-    for (k, v) in [("rpo", &c.rpo), ("rto", &c.rto)] {
+    if let Value::Value(cron) = &c.schedule {
+        if let Err(e) = localdr::runtime::schedule::parse_cron(cron) {
+            diags.error(
+                "Invalid schedule",
+                format!("{e:#}."),
+                AttributePath::new("schedule"),
+            );
+        }
+    }
+    for (k, v) in [
+        ("rpo", &c.rpo),
+        ("rto", &c.rto),
+        ("start_window", &c.start_window),
+    ] {
         if let Value::Value(d) = v {
             if let Err(e) = localdr::duration::parse(d) {
                 diags.error(
@@ -559,6 +575,9 @@ fn apply_defaults(planned: &mut BackupState, config: &BackupState) {
     if config.compression_level.is_null() {
         planned.compression_level = Value::Value(DEFAULT_COMPRESSION);
     }
+    if config.start_window.is_null() {
+        planned.start_window = Value::Value(DEFAULT_START_WINDOW.into());
+    }
     if let (Value::Value(p), Value::Value(c)) = (&mut planned.postgres, &config.postgres) {
         if c.host.is_null() {
             p.host = Value::Value(PG_HOST.into());
@@ -653,6 +672,44 @@ async fn snapshot_now(
     }
 }
 
+impl BackupResource {
+    /// Hand the schedule to the agent (starting it when the provider may), or take it back.
+    async fn sync_schedule(&self, diags: &mut Diagnostics, state: &BackupState) {
+        let (Some(name), Some(vault)) = (known(&state.name), known(&state.vault)) else {
+            return;
+        };
+        let sd = self.shared.state_dir();
+        let cron = known(&state.schedule);
+        let start_window =
+            known(&state.start_window).unwrap_or_else(|| DEFAULT_START_WINDOW.into());
+        let mode = self.shared.agent_mode();
+        let exe = self.shared.localdr_exe();
+        let r = blocking(move || {
+            let Some(cron) = cron else {
+                return sd.remove_schedule(&name);
+            };
+            sd.create()?;
+            sd.write_schedule(&localdr::spec::BackupSchedule {
+                api_version: localdr::spec::API_VERSION,
+                name,
+                vault: abs(&vault).display().to_string(),
+                cron,
+                start_window,
+            })?;
+            let exe = if mode == "external" { None } else { exe.ok() };
+            let m = match &exe {
+                Some(e) => localdr::runtime::control::AgentMode::Auto { exe: e },
+                None => localdr::runtime::control::AgentMode::External,
+            };
+            localdr::runtime::control::ensure_agent(&sd, &m)
+        })
+        .await;
+        if let Err(e) = r {
+            diags.root_error("Could not hand the schedule to the localdr agent", e);
+        }
+    }
+}
+
 #[async_trait]
 impl Resource for BackupResource {
     type State<'a> = BackupState;
@@ -681,6 +738,8 @@ impl Resource for BackupResource {
                     "name" => string(Required, "Backup name: snapshots are named `<name>_YYYY-MM-DD_HH-MM-SS`. Letters, digits, `-`, `_`, `.`. Changing it forces a new resource."),
                     "path" => string(Optional, "A file or directory to back up. Exactly one of `path` or `tfstate`."),
                     "tfstate" => string(Optional, "A Terraform state file to back up; it is validated and its `serial` and `lineage` are recorded so a restore cannot roll the state back silently."),
+                    "schedule" => string(Optional, "Cron expression (UTC; 5 fields, or 6 with seconds first) on which the localdr agent takes snapshots, e.g. `0 3 * * *` (AWS Backup rule). Each run applies retention and the DR copy. The provider starts the agent when none runs."),
+                    "start_window" => string(OptionalComputed, "A scheduled run that cannot start within this long of its time is skipped. Default `1h`."),
                     "rpo" => string(Optional, "Recovery point objective, e.g. `15m`: `localdr drill` fails when the newest snapshot is older."),
                     "rto" => string(Optional, "Recovery time objective, e.g. `30m`: `localdr drill` fails when a restore takes longer."),
                     "vault" => string(Required, "The vault directory. Must not be inside the source."),
@@ -862,6 +921,13 @@ impl Resource for BackupResource {
         };
         state.delete_snapshots_on_destroy = Value::Value(policy.delete_snapshots_on_destroy);
         state.rpo = policy.rpo.clone().into();
+        state.schedule = policy.schedule.clone().into();
+        state.start_window = Value::Value(
+            policy
+                .start_window
+                .clone()
+                .unwrap_or_else(|| DEFAULT_START_WINDOW.into()),
+        );
         state.rto = policy.rto.clone().into();
         state.id = Value::Value(format!("{vault_s}:{name}"));
         if let Some(m) = &health.latest {
@@ -869,6 +935,19 @@ impl Resource for BackupResource {
         } else {
             state.snapshots = Value::Value(0);
         }
+        let mut problems = health.problems.clone();
+        if policy.schedule.is_some() {
+            let sd = self.shared.state_dir();
+            if !sd.agent_running() {
+                problems.push(format!(
+                    "no localdr agent is running on {} to take the scheduled snapshots",
+                    sd.root().display()
+                ));
+            } else if !sd.schedule_path(&name).exists() {
+                problems.push("its schedule is missing from the agent's state dir".into());
+            }
+        }
+        let health = run::Health { problems, ..health };
         let valid = health.problems.is_empty();
         state.ensure_valid = Value::Value(valid);
         if !valid {
@@ -957,6 +1036,7 @@ impl Resource for BackupResource {
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
         let _t = crate::timing::Timed::start("create");
         let state = snapshot_now(diags, planned_state, self.shared.state_dir().root()).await?;
+        self.sync_schedule(diags, &state).await;
         Some((state, planned_private_state))
     }
 
@@ -972,6 +1052,7 @@ impl Resource for BackupResource {
         let _t = crate::timing::Timed::start("update");
         if planned_state.snapshot_id.is_unknown() {
             let state = snapshot_now(diags, planned_state, self.shared.state_dir().root()).await?;
+            self.sync_schedule(diags, &state).await;
             return Some((state, planned_private_state));
         }
         let mut state = planned_state;
@@ -986,6 +1067,7 @@ impl Resource for BackupResource {
         match blocking(move || run::maintain(&Vault::at(&vault_path)?, &policy)).await {
             Ok(count) => {
                 state.snapshots = Value::Value(count as i64);
+                self.sync_schedule(diags, &state).await;
                 Some((state, planned_private_state))
             }
             Err(e) => {
@@ -1014,6 +1096,7 @@ impl Resource for BackupResource {
             .map(|v| abs(&v))
             .collect();
         let vault_abs = abs(&vault_s);
+        let sd = self.shared.state_dir();
         let r = blocking(move || {
             let vault = Vault::at(&vault_abs)?;
             if delete {
@@ -1027,6 +1110,7 @@ impl Resource for BackupResource {
                 let _lock = vault.lock_for_write()?;
                 vault.remove_policy(&name)?;
             }
+            sd.remove_schedule(&name)?;
             Ok(())
         })
         .await;

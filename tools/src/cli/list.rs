@@ -58,6 +58,7 @@ pub fn run(a: ListArgs) -> Result<i32> {
         "ID",
         "CREATED (UTC)",
         "KIND",
+        "TAKEN BY",
         "FILES",
         "SIZE",
         "ADDED",
@@ -68,6 +69,11 @@ pub fn run(a: ListArgs) -> Result<i32> {
             m.id.clone(),
             m.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             m.source.kind.as_str().to_string(),
+            if m.origin.is_empty() {
+                "manual".to_string()
+            } else {
+                m.origin.clone()
+            },
             m.file_count.to_string(),
             human_bytes(m.size_bytes),
             human_bytes(m.added_bytes),

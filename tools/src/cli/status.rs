@@ -142,6 +142,18 @@ pub fn run(a: StatusArgs) -> Result<i32> {
         }
     }
     println!("{t}");
+    for n in sd.schedule_names()? {
+        match sd.read_schedule_status(&n)? {
+            Some(s) if running => println!(
+                "backup {n}: next run {}, last run {} ({}), {} runs",
+                s.next_run.as_deref().unwrap_or("-"),
+                s.last_run.as_deref().unwrap_or("never"),
+                s.last_result.as_deref().unwrap_or("-"),
+                s.runs
+            ),
+            _ => println!("backup {n}: scheduled, but no agent runs it"),
+        }
+    }
     for s in &r.services {
         if let Some(st) = &s.status {
             let next = s

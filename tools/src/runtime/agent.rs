@@ -100,6 +100,7 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
     // Spec files we could not use, by content hash, so each problem is logged once.
     let mut rejected: HashMap<String, String> = HashMap::new();
     let mut idle_since = Instant::now();
+    let mut backups = super::backups::Backups::default();
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
@@ -148,6 +149,7 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
         for p in pools.values_mut() {
             p.tick();
         }
+        backups.tick(sd);
         pools.retain(|name, p| {
             let done = !names.contains(name) && p.is_empty();
             if done {
@@ -156,7 +158,7 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
             }
             !done
         });
-        if !pools.is_empty() || !names.is_empty() {
+        if !pools.is_empty() || !names.is_empty() || !backups.is_empty() {
             idle_since = Instant::now();
         } else if exit_when_idle.is_some_and(|d| idle_since.elapsed() >= d) {
             tracing::info!("nothing to run: exiting");
@@ -164,6 +166,13 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
         }
     }
     drain(sd, &mut pools).await;
+    // A scheduled backup in progress is left to finish: the vault is crash-safe, but a
+    // finished snapshot is worth the wait.
+    let start = Instant::now();
+    while backups.busy() && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        backups.tick(sd);
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod autoscale;
+pub mod backups;
 pub mod control;
 pub mod events;
 pub mod health;

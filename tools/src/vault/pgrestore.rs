@@ -182,7 +182,7 @@ pub fn drill(
     let mut checks = Vec::new();
     let mut problems = Vec::new();
     let start = Instant::now();
-    if m.postgres.is_some() {
+    if let Some(snap) = &m.postgres {
         let cfg = config_for(vault, m, password_file)?;
         let pg = Pg::new(cfg.clone(), None)?;
         pg.check()?;
@@ -195,7 +195,7 @@ pub fn drill(
         let counts = r.and_then(|_| pg.table_counts(&scratch));
         let _ = pg.drop_database(&scratch);
         let counts = counts?;
-        let expected = &m.postgres.as_ref().expect("checked").row_counts;
+        let expected = &snap.row_counts;
         for (t, n) in expected {
             match counts.get(t) {
                 Some(got) if got == n => checks.push(format!("{t}: {n} rows")),

@@ -1,0 +1,220 @@
+//! Scheduled backups run by the agent: each `schedules/<name>.json` names a vault and a
+//! backup policy stored in it; when the cron fires the agent runs that policy (snapshot,
+//! retention, DR copies) on a blocking thread, so pools keep being supervised meanwhile.
+//! A run that cannot start within `start_window` of its time (agent down, previous run
+//! still going) is skipped and logged, as AWS Backup does.
+
+use super::events::{self, Event};
+use super::schedule::parse_cron;
+use crate::spec::{dur, BackupSchedule, BackupScheduleStatus};
+use crate::statedir::{self, StateDir};
+use crate::vault::{run, Vault};
+use chrono::{DateTime, SecondsFormat, Utc};
+use std::collections::BTreeMap;
+use tokio::task::JoinHandle;
+
+struct Job {
+    spec: BackupSchedule,
+    hash: String,
+    next: Option<DateTime<Utc>>,
+    running: Option<JoinHandle<Result<String, String>>>,
+    status: BackupScheduleStatus,
+    published: Option<BackupScheduleStatus>,
+}
+
+#[derive(Default)]
+pub struct Backups {
+    jobs: BTreeMap<String, Job>,
+    rejected: BTreeMap<String, String>,
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn next_after(cron: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    parse_cron(cron).ok()?.find_next_occurrence(&t, false).ok()
+}
+
+impl Backups {
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    pub fn busy(&self) -> bool {
+        self.jobs.values().any(|j| j.running.is_some())
+    }
+
+    pub fn tick(&mut self, sd: &StateDir) {
+        let names = sd.schedule_names().unwrap_or_default();
+        let now = Utc::now();
+        for name in &names {
+            let path = sd.schedule_path(name);
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let hash = statedir::hash(&bytes);
+            if self.jobs.get(name).is_some_and(|j| j.hash == hash)
+                || self.rejected.get(name) == Some(&hash)
+            {
+                continue;
+            }
+            let parsed: Result<BackupSchedule, String> =
+                serde_json::from_slice::<BackupSchedule>(&bytes)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+                    .and_then(|s| {
+                        parse_cron(&s.cron).map_err(|e| format!("{}: {e:#}", path.display()))?;
+                        Ok(s)
+                    });
+            match parsed {
+                Ok(spec) => {
+                    self.rejected.remove(name);
+                    let next = next_after(&spec.cron, now);
+                    tracing::info!(backup = %name, cron = %spec.cron, "backup schedule loaded");
+                    let prev = self.jobs.remove(name);
+                    let status = BackupScheduleStatus {
+                        name: name.clone(),
+                        spec_hash: hash.clone(),
+                        next_run: next.map(stamp),
+                        ..prev
+                            .as_ref()
+                            .map(|p| p.status.clone())
+                            .unwrap_or(BackupScheduleStatus {
+                                name: name.clone(),
+                                spec_hash: String::new(),
+                                next_run: None,
+                                last_run: None,
+                                last_result: None,
+                                last_snapshot: None,
+                                runs: 0,
+                            })
+                    };
+                    self.jobs.insert(
+                        name.clone(),
+                        Job {
+                            spec,
+                            hash,
+                            next,
+                            running: prev.and_then(|p| p.running),
+                            status,
+                            published: None,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!("ignoring backup schedule: {e}");
+                    self.rejected.insert(name.clone(), hash);
+                }
+            }
+        }
+        self.jobs.retain(|n, j| {
+            let keep = names.contains(n) || j.running.is_some();
+            if !keep {
+                let _ = std::fs::remove_file(sd.schedule_status_path(n));
+            }
+            keep
+        });
+        for (name, j) in self.jobs.iter_mut() {
+            if let Some(h) = &j.running {
+                if h.is_finished() {
+                    let h = j.running.take().expect("checked");
+                    let r = finished(h);
+                    j.status.runs += 1;
+                    match &r {
+                        Ok(id) => {
+                            tracing::info!(backup = %name, snapshot = %id, "scheduled backup done");
+                            j.status.last_result = Some("ok".into());
+                            j.status.last_snapshot = Some(id.clone());
+                        }
+                        Err(e) => {
+                            tracing::error!(backup = %name, "scheduled backup failed: {e}");
+                            j.status.last_result = Some(format!("error: {e}"));
+                        }
+                    }
+                    log(
+                        sd,
+                        name,
+                        "backup",
+                        match &r {
+                            Ok(id) => format!("scheduled snapshot {id}"),
+                            Err(e) => format!("scheduled backup failed: {e}"),
+                        },
+                    );
+                }
+            }
+            if let Some(at) = j.next {
+                if now >= at {
+                    let late = (now - at).to_std().unwrap_or_default();
+                    if j.running.is_some() || late > dur(&j.spec.start_window) {
+                        let why = if j.running.is_some() {
+                            "the previous run is still going"
+                        } else {
+                            "could not start within start_window"
+                        };
+                        tracing::warn!(backup = %name, "skipped the run due at {}: {why}", stamp(at));
+                        j.status.last_result = Some(format!("skipped: {why}"));
+                        log(
+                            sd,
+                            name,
+                            "backup",
+                            format!("skipped the run due at {}: {why}", stamp(at)),
+                        );
+                    } else {
+                        let vault = j.spec.vault.clone();
+                        let bname = j.spec.name.clone();
+                        j.status.last_run = Some(stamp(now));
+                        j.running = Some(tokio::task::spawn_blocking(move || {
+                            run_one(&vault, &bname).map_err(|e| format!("{e:#}"))
+                        }));
+                    }
+                    j.next = next_after(&j.spec.cron, now);
+                    j.status.next_run = j.next.map(stamp);
+                }
+            }
+            if j.published.as_ref() != Some(&j.status) {
+                let _ =
+                    std::fs::create_dir_all(sd.schedule_status_path(name).parent().expect("dir"));
+                if crate::atomic::write_json(&sd.schedule_status_path(name), &j.status).is_ok() {
+                    j.published = Some(j.status.clone());
+                }
+            }
+        }
+    }
+}
+
+fn run_one(vault: &str, name: &str) -> anyhow::Result<String> {
+    let v = Vault::at(std::path::Path::new(vault))?;
+    let Some(policy) = v.load_policy(name)? else {
+        anyhow::bail!("vault {vault} has no policy named {name}");
+    };
+    Ok(run::run_as(&v, &policy, false, false, "schedule")?
+        .manifest
+        .id)
+}
+
+fn finished(h: JoinHandle<Result<String, String>>) -> Result<String, String> {
+    use std::future::Future;
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut h = h;
+    match std::pin::Pin::new(&mut h).poll(&mut cx) {
+        std::task::Poll::Ready(Ok(r)) => r,
+        std::task::Poll::Ready(Err(e)) => Err(format!("backup task failed: {e}")),
+        std::task::Poll::Pending => Err("still running".into()),
+    }
+}
+
+fn log(sd: &StateDir, name: &str, kind: &str, detail: String) {
+    let _ = events::append(
+        &sd.events_path(),
+        &Event {
+            ts: Utc::now(),
+            service: name.to_string(),
+            kind: kind.into(),
+            running: None,
+            baseline: None,
+            price: None,
+            detail,
+        },
+    );
+}
