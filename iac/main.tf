@@ -81,3 +81,30 @@ resource "localdr_service" "web" {
   cost_per_replica_hour = 0.05
   stop_timeout          = "5s"
 }
+
+# The application's database: a pg_dump into the same vault, once per apply and nightly by
+# the agent, with the recovery objectives `localdr drill` checks.
+resource "localdr_backup" "db" {
+  count = var.database == null ? 0 : 1
+
+  name  = "app-db"
+  vault = coalesce(var.vault, "${local.demo}/vault")
+
+  postgres {
+    port          = var.database.port
+    database      = var.database.name
+    password_file = var.database.password_file
+  }
+
+  schedule = "0 3 * * *"
+  retention {
+    keep_daily  = 7
+    keep_weekly = 4
+  }
+  copy {
+    vault = coalesce(var.dr_vault, "${local.demo}/dr-vault")
+  }
+
+  rpo = "24h"
+  rto = "5m"
+}

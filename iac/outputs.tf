@@ -17,3 +17,7 @@ output "valid" {
 output "web_endpoints" {
   value = localdr_service.web.endpoints
 }
+
+output "db_snapshot_id" {
+  value = one(localdr_backup.db[*].snapshot_id)
+}

@@ -45,3 +45,13 @@ variable "night_window" {
   type        = bool
   default     = true
 }
+
+variable "database" {
+  description = "A PostgreSQL database to back up (the demo starts a throwaway server); null to skip."
+  type = object({
+    port          = number
+    name          = string
+    password_file = string
+  })
+  default = null
+}

@@ -13,6 +13,10 @@ step() { printf '\n=== %s\n' "$*"; }
 
 # The demo is a sandbox: each run starts from scratch so it tells the same story.
 localdr agent stop --state-dir .localdr >/dev/null 2>&1 || true
+PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+AS=(); [ "$(id -u)" = 0 ] && AS=(runuser -u postgres --)
+pg_stop() { [ -d demo/pg/data ] && "${AS[@]}" "$PGBIN/pg_ctl" -D demo/pg/data -m fast -w stop >/dev/null 2>&1 || true; }
+pg_stop
 rm -rf demo logs .localdr terraform.tfstate terraform.tfstate.backup
 
 step "1. the stand-in application stack (its state file is what we protect)"
@@ -26,6 +30,28 @@ for i in $(seq 1 20); do
 done
 [ -f demo/data/db/orders.csv ] || printf 'id,total\n1,10.50\n2,99.00\n' > demo/data/db/orders.csv
 ls -R demo/data | head -n 8
+
+step "2b. the application database: a throwaway PostgreSQL with the seed's shop schema"
+mkdir -p demo/pg
+[ "$(id -u)" = 0 ] && chown postgres:postgres demo/pg
+PGPORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+head -c 18 /dev/urandom | base64 | tr -d '/+=' > demo/pg/password
+chmod 600 demo/pg/password; [ "$(id -u)" = 0 ] && chown postgres:postgres demo/pg/password
+"${AS[@]}" "$PGBIN/initdb" -D "$PWD/demo/pg/data" -U postgres -A scram-sha-256 --pwfile "$PWD/demo/pg/password" >/dev/null
+"${AS[@]}" "$PGBIN/pg_ctl" -D "$PWD/demo/pg/data" -l "$PWD/demo/pg/server.log" -o "-p $PGPORT -c listen_addresses=127.0.0.1 -k $PWD/demo/pg" -w start >/dev/null
+export PGPASSFILE="$PWD/demo/pg/pgpass"; echo "*:*:*:*:$(cat demo/pg/password)" > "$PGPASSFILE"; chmod 600 "$PGPASSFILE"
+PSQL=(psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres)
+"${PSQL[@]}" -c "create database tienda" postgres
+"${PSQL[@]}" tienda <<'SQL'
+create table usuarios (usuario_id serial primary key, nombre varchar(100) not null, email varchar(100) unique not null);
+create table productos (producto_id serial primary key, nombre varchar(100) not null, precio numeric(10,2) not null, stock integer default 0);
+create table pedidos (pedido_id serial primary key, usuario_id integer not null references usuarios on delete cascade, producto_id integer not null references productos on delete cascade, cantidad integer not null);
+insert into usuarios (nombre, email) select 'user ' || i, 'u' || i || '@example.com' from generate_series(1, 500) i;
+insert into productos (nombre, precio, stock) select 'product ' || i, i * 1.5, i from generate_series(1, 100) i;
+insert into pedidos (usuario_id, producto_id, cantidad) select 1 + i % 500, 1 + i % 100, 1 + i % 7 from generate_series(1, 5000) i;
+SQL
+export TF_VAR_database="{\"port\": $PGPORT, \"name\": \"tienda\", \"password_file\": \"$PWD/demo/pg/password\"}"
+echo "PostgreSQL on 127.0.0.1:$PGPORT, database tienda: $("${PSQL[@]}" -Atc 'select count(*) from pedidos' tienda) pedidos"
 
 step "3. terraform apply: the backup stack"
 rm -f .terraform.lock.hcl   # the provider is rebuilt locally: its checksum changes
@@ -96,7 +122,15 @@ echo "localdr drift exit code: $code (2 = drift)"
 step "12. what the pool cost so far, and what the night window saves"
 localdr cost --state-dir .localdr --since 1h
 
-step "13. stop the agent (the pool with it); the next terraform apply starts both again"
+step "13. the database: a bad deploy deletes orders; restore into a new database, then drill"
+"${PSQL[@]}" -c "delete from pedidos where pedido_id % 3 = 0" tienda
+echo "pedidos now: $("${PSQL[@]}" -Atc 'select count(*) from pedidos' tienda)"
+localdr restore --vault demo/vault --name app-db --latest --to-database tienda_restored --pg-password-file demo/pg/password --yes
+echo "pedidos in tienda_restored: $("${PSQL[@]}" -Atc 'select count(*) from pedidos' tienda_restored)"
+localdr drill --vault demo/vault --backup app-db --pg-password-file demo/pg/password
+
+step "14. stop the agent (the pool with it) and the demo database; terraform apply starts the agent again"
 localdr agent stop --state-dir .localdr
+pg_stop
 echo
 echo "demo complete: vaults in iac/demo/, drift reports in iac/logs/, agent state in iac/.localdr/"

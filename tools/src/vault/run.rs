@@ -70,7 +70,6 @@ pub fn run_as(
     let source = match (policy.source_kind, &policy.postgres) {
         (SourceKind::Postgres, Some(cfg)) => {
             let pg = Pg::new(cfg.clone(), None)?;
-            let info = pg.check()?;
             let dir = tempfile::Builder::new()
                 .prefix(".localdr-dump-")
                 .tempdir()
@@ -84,8 +83,18 @@ pub fn run_as(
                     "dump"
                 }
             ));
-            pg.dump(&file)?;
-            let row_counts = pg.table_counts(&cfg.database)?;
+            // The server check (versions) and the row counts (for drills) run while the dump
+            // does, not before and after it. A failed check explains a failed dump best.
+            let (checked, dumped, counted) = std::thread::scope(|s| {
+                let check = s.spawn(|| pg.check());
+                let counts = s.spawn(|| pg.table_counts(&cfg.database));
+                let dumped = pg.dump(&file);
+                (check.join(), dumped, counts.join())
+            });
+            let info = checked.map_err(|_| anyhow::anyhow!("server check thread panicked"))??;
+            dumped?;
+            let row_counts =
+                counted.map_err(|_| anyhow::anyhow!("row count thread panicked"))??;
             pg_info = Some(PgSnapshot {
                 row_counts,
                 host: cfg.host.clone(),
