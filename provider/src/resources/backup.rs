@@ -827,20 +827,8 @@ impl Resource for BackupResource {
                     return None;
                 };
                 Policy {
-                    name: name.clone(),
-                    source_kind: m.source.kind,
-                    source_path: m.source.path.clone(),
-                    base_dir: None,
-                    retention: None,
-                    copies: Vec::new(),
                     compression_level: m.compression_level,
-                    triggers: BTreeMap::new(),
-                    delete_snapshots_on_destroy: false,
-                    postgres: None,
-                    schedule: None,
-                    start_window: None,
-                    rpo: None,
-                    rto: None,
+                    ..Policy::new(&name, m.source.kind, m.source.path.clone())
                 }
             }
         };

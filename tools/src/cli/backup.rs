@@ -87,20 +87,11 @@ pub fn run(a: BackupArgs) -> Result<i32> {
     if let Some(db) = &a.postgres {
         let cfg = a.pg.config(db)?;
         let policy = Policy {
-            name: a.name.clone(),
-            source_kind: SourceKind::Postgres,
-            source_path: cfg.url(),
-            base_dir: None,
             retention: a.retention.to_retention(),
             copies: copies(&a)?,
             compression_level: a.compression_level,
-            triggers: Default::default(),
-            delete_snapshots_on_destroy: false,
-            postgres: Some(cfg),
-            schedule: None,
-            start_window: None,
-            rpo: None,
-            rto: None,
+            postgres: Some(cfg.clone()),
+            ..Policy::new(&a.name, SourceKind::Postgres, cfg.url())
         };
         return report(&a, run::run(&vault, &policy, a.save_policy, !a.json)?);
     }
@@ -123,20 +114,10 @@ pub fn run(a: BackupArgs) -> Result<i32> {
             let copies = copies(&a)?;
             (
                 Policy {
-                    name: a.name.clone(),
-                    source_kind: kind,
-                    source_path: abs.display().to_string(),
-                    base_dir: None,
                     retention: a.retention.to_retention(),
                     copies,
                     compression_level: a.compression_level,
-                    triggers: Default::default(),
-                    delete_snapshots_on_destroy: false,
-                    postgres: None,
-                    schedule: None,
-                    start_window: None,
-                    rpo: None,
-                    rto: None,
+                    ..Policy::new(&a.name, kind, abs.display().to_string())
                 },
                 a.save_policy,
             )

@@ -118,7 +118,7 @@ impl Backups {
             if let Some(h) = &j.running {
                 if h.is_finished() {
                     let h = j.running.take().expect("checked");
-                    let r = finished(h);
+                    let r = super::take_finished(h);
                     j.status.runs += 1;
                     match &r {
                         Ok(id) => {
@@ -190,18 +190,6 @@ fn run_one(vault: &str, name: &str) -> anyhow::Result<String> {
     Ok(run::run_as(&v, &policy, false, false, "schedule")?
         .manifest
         .id)
-}
-
-fn finished(h: JoinHandle<Result<String, String>>) -> Result<String, String> {
-    use std::future::Future;
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let mut h = h;
-    match std::pin::Pin::new(&mut h).poll(&mut cx) {
-        std::task::Poll::Ready(Ok(r)) => r,
-        std::task::Poll::Ready(Err(e)) => Err(format!("backup task failed: {e}")),
-        std::task::Poll::Pending => Err("still running".into()),
-    }
 }
 
 fn log(sd: &StateDir, name: &str, kind: &str, detail: String) {

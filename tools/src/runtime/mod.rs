@@ -12,3 +12,16 @@ pub mod process;
 pub mod restart;
 pub mod schedule;
 pub mod supervisor;
+
+/// The result of a task that `is_finished()`, taken without awaiting (the agent's loop is
+/// a poll loop, not a future per task).
+pub(crate) fn take_finished<T>(h: tokio::task::JoinHandle<Result<T, String>>) -> Result<T, String> {
+    use std::future::Future;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut h = h;
+    match std::pin::Pin::new(&mut h).poll(&mut cx) {
+        std::task::Poll::Ready(Ok(r)) => r,
+        std::task::Poll::Ready(Err(e)) => Err(format!("task failed: {e}")),
+        std::task::Poll::Pending => Err("task still running".into()),
+    }
+}

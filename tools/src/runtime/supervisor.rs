@@ -598,7 +598,7 @@ fn probe(spec: &ServiceSpec, health: &HealthCheck, r: &mut Replica, now: Instant
             return;
         }
         let p = r.probe.take().expect("checked above");
-        let result = futures_now(p);
+        let result = super::take_finished(p);
         let since_start = r
             .started
             .map(|(t, _)| now.duration_since(t))
@@ -643,17 +643,3 @@ fn probe(spec: &ServiceSpec, health: &HealthCheck, r: &mut Replica, now: Instant
         ));
     }
 }
-
-/// The result of a finished task, without awaiting.
-fn futures_now<T>(h: JoinHandle<Result<T, String>>) -> Result<T, String> {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let mut h = h;
-    match std::pin::Pin::new(&mut h).poll(&mut cx) {
-        std::task::Poll::Ready(Ok(r)) => r,
-        std::task::Poll::Ready(Err(e)) => Err(format!("probe task failed: {e}")),
-        std::task::Poll::Pending => Err("probe still running".into()),
-    }
-}
-
-use std::future::Future;

@@ -99,23 +99,16 @@ pub fn restore_database(
         None => {
             // Never overwrite without a way back: dump what is there now first.
             let safety = Policy {
-                name: format!("{}.pre-restore", m.name),
-                source_kind: crate::sources::SourceKind::Postgres,
-                source_path: cfg.url(),
-                base_dir: None,
                 retention: Some(super::retention::Retention {
                     keep_last: Some(3),
                     ..Default::default()
                 }),
-                copies: vec![],
-                compression_level: 3,
-                triggers: Default::default(),
-                delete_snapshots_on_destroy: false,
                 postgres: Some(cfg.clone()),
-                schedule: None,
-                start_window: None,
-                rpo: None,
-                rto: None,
+                ..Policy::new(
+                    &format!("{}.pre-restore", m.name),
+                    crate::sources::SourceKind::Postgres,
+                    cfg.url(),
+                )
             };
             let safety_report = super::run::run_as(vault, &safety, false, false, "pre-restore")
                 .context(

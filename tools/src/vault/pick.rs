@@ -78,8 +78,16 @@ mod tests {
             id(at_or_before(&good, t("2030-01-01T00:00:00Z"))),
             Some(good[2].id.clone())
         );
-        // Time zones are honoured.
-        let madrid: DateTime<Utc> = "2026-01-01T07:00:00+01:00"
+        // Time zones are honoured: 07:00 in Madrid is 06:00 UTC, just before the second
+        // snapshot; a minute later it is included.
+        let madrid = |s: &str| -> DateTime<Utc> {
+            s.parse::<DateTime<chrono::FixedOffset>>().unwrap().into()
+        };
+        assert_eq!(
+            id(at_or_before(&good, madrid("2026-01-01T07:00:00+01:00"))),
+            Some(good[0].id.clone())
+        );
+        let madrid: DateTime<Utc> = "2026-01-01T07:01:00+01:00"
             .parse::<DateTime<chrono::FixedOffset>>()
             .unwrap()
             .into();

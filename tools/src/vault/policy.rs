@@ -54,6 +54,27 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// A policy with a name and a source, everything else at its default (no retention
+    /// rules of its own, no copies, zstd level 3, no schedule).
+    pub fn new(name: &str, source_kind: SourceKind, source_path: String) -> Policy {
+        Policy {
+            name: name.to_string(),
+            source_kind,
+            source_path,
+            base_dir: None,
+            retention: None,
+            copies: Vec::new(),
+            compression_level: 3,
+            triggers: BTreeMap::new(),
+            delete_snapshots_on_destroy: false,
+            postgres: None,
+            schedule: None,
+            start_window: None,
+            rpo: None,
+            rto: None,
+        }
+    }
+
     /// Resolve a path from this policy against its `base_dir`.
     pub fn resolve(&self, p: &str) -> std::path::PathBuf {
         let path = std::path::Path::new(p);
