@@ -557,7 +557,7 @@ fn check_postgres(diags: &mut Diagnostics, b: &PostgresBlock) {
             } else {
                 "host"
             }
-        } else if msg.contains("pg_dump is version") || msg.contains("not found on PATH") {
+        } else if msg.contains("pg_dump is version") || msg.contains("was not found in") {
             "host"
         } else {
             "user"
