@@ -309,6 +309,36 @@ fn lifecycle(v: TfVersion) {
     tf.ok(&["apply", "-auto-approve", "-no-color", "-var", "replicas=5"]);
     assert_eq!(status(&sd, "web").unwrap().healthy(), 5);
 
+    // A second agent on the same state dir refuses, saying why.
+    let second = localdr(&["agent", "--state-dir", sd_s]);
+    assert_eq!(second.code, 1, "{}", second.all());
+    assert!(
+        second.stderr.contains("already running"),
+        "{}",
+        second.stderr
+    );
+
+    // The spec deleted by hand: the resource is gone, plan recreates it, apply does.
+    std::fs::remove_file(&spec_path).unwrap();
+    let p = tf.run(&[
+        "plan",
+        "-detailed-exitcode",
+        "-no-color",
+        "-var",
+        "replicas=5",
+    ]);
+    assert_eq!(p.code, 2, "{}", p.all());
+    assert!(p.stdout.contains("will be created"), "{}", p.stdout);
+    tf.ok(&["apply", "-auto-approve", "-no-color", "-var", "replicas=5"]);
+    assert_eq!(status(&sd, "web").unwrap().healthy(), 5);
+
+    // Agent shutdown (SIGTERM) drains the pool: nothing is left on the ports.
+    let r = localdr(&["agent", "stop", "--state-dir", sd_s]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_nothing_left(&sd, base..base + 5);
+    tf.ok(&["apply", "-auto-approve", "-no-color", "-var", "replicas=5"]);
+    assert!(get(base + 4, "/").is_some());
+
     // Destroy leaves nothing running: no worker, and the auto-started agent exits.
     tf.ok(&[
         "destroy",
