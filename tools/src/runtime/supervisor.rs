@@ -148,8 +148,6 @@ impl Pool {
             }
             if process_changed && r.child.is_some() && !matches!(r.state, State::Stopping { .. }) {
                 stop(&self.spec, r, After::Replace);
-            } else if process_changed && r.child.is_none() {
-                r.port = self.spec.base_port + r.index as u16;
             }
         }
     }
@@ -445,6 +443,8 @@ fn env_of(spec: &ServiceSpec, r: &Replica) -> Vec<(String, String)> {
 }
 
 fn start(sd: &StateDir, spec: &ServiceSpec, health: &HealthCheck, r: &mut Replica, now: Instant) {
+    // base_port may have changed since this replica last ran.
+    r.port = spec.base_port + r.index as u16;
     let cwd = working_dir(sd, spec);
     let mut argv: Vec<String> = spec
         .command
