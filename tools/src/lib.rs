@@ -9,10 +9,12 @@
 
 pub mod atomic;
 pub mod cli;
+pub mod cron;
 pub mod duration;
 pub mod naming;
 pub mod progress;
 pub mod runtime;
+pub mod signal;
 pub mod sources;
 pub mod spec;
 pub mod statedir;

@@ -210,7 +210,7 @@ impl ServiceSpec {
                 ),
             );
         }
-        if crate::runtime::process::signal_number(&self.stop_signal).is_none() {
+        if crate::signal::signal_number(&self.stop_signal).is_none() {
             bad(
                 "stop_signal",
                 format!(
@@ -336,10 +336,10 @@ impl ServiceSpec {
                     format!("schedule name {:?} is used twice", s.name),
                 );
             }
-            if let Err(e) = crate::runtime::schedule::parse_cron(&s.cron) {
+            if let Err(e) = crate::cron::parse_cron(&s.cron) {
                 bad(&format!("schedule.{i}.cron"), format!("{e}"));
             }
-            if let Err(e) = crate::runtime::schedule::parse_zone(&s.timezone) {
+            if let Err(e) = crate::cron::parse_zone(&s.timezone) {
                 bad(&format!("schedule.{i}.timezone"), format!("{e}"));
             }
             if s.min_replicas > s.max_replicas {

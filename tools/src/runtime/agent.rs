@@ -149,7 +149,7 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
         for p in pools.values_mut() {
             p.tick();
         }
-        backups.tick(sd);
+        backups.tick(sd, true);
         pools.retain(|name, p| {
             let done = !names.contains(name) && p.is_empty();
             if done {
@@ -171,7 +171,7 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
     let start = Instant::now();
     while backups.busy() && start.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        backups.tick(sd);
+        backups.tick(sd, false);
     }
     Ok(())
 }

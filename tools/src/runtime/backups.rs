@@ -45,7 +45,8 @@ impl Backups {
         self.jobs.values().any(|j| j.running.is_some())
     }
 
-    pub fn tick(&mut self, sd: &StateDir) {
+    /// `start`: whether due runs may start (false while the agent drains).
+    pub fn tick(&mut self, sd: &StateDir, start: bool) {
         let names = sd.schedule_names().unwrap_or_default();
         let now = Utc::now();
         for name in &names {
@@ -145,7 +146,9 @@ impl Backups {
             if let Some(at) = j.next {
                 if now >= at {
                     let late = (now - at).to_std().unwrap_or_default();
-                    if j.running.is_some() || late > dur(&j.spec.start_window) {
+                    if !start {
+                        // Draining: the run is not taken; the next agent takes the next one.
+                    } else if j.running.is_some() || late > dur(&j.spec.start_window) {
                         let why = if j.running.is_some() {
                             "the previous run is still going"
                         } else {
