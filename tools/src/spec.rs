@@ -466,6 +466,159 @@ impl ServiceStatus {
     }
 }
 
+/// An HTTP load balancer the agent runs (`balancers/<name>.json`). The health-check shape
+/// is Kong's (`healthchecks.active/passive.healthy/unhealthy`), defaults as in the seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerSpec {
+    pub api_version: u32,
+    pub name: String,
+    /// `127.0.0.1:8080` by default: loopback unless told otherwise.
+    pub listen: String,
+    /// Follow this service's replicas (its status) as targets, weight 1 each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<Target>,
+    /// Used only when every primary target is down.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backup_targets: Vec<Target>,
+    /// `round-robin` (weighted), `least-connections`, `random-two-choices`.
+    pub algorithm: String,
+    pub healthchecks: Healthchecks,
+    /// Extra attempts on another target (idempotent requests, or nothing sent upstream).
+    pub retries: u32,
+    pub timeouts: Timeouts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Admin API (`/status`, `/targets`, `/health`, `/metrics`): loopback only.
+    pub admin_listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub address: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Healthchecks {
+    pub active: ActiveCheck,
+    pub passive: PassiveCheck,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveCheck {
+    /// `http` or `tcp`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub http_path: String,
+    pub timeout: String,
+    pub healthy: Thresholds,
+    pub unhealthy: Thresholds,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassiveCheck {
+    pub healthy: Thresholds,
+    pub unhealthy: Thresholds,
+    /// Envoy: an ejected target stays out base × (number of ejections), capped at 10×.
+    pub base_ejection_time: String,
+    pub max_ejection_percent: u32,
+}
+
+/// Kong's counters; 0 turns a counter off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub interval: String,
+    #[serde(default)]
+    pub successes: u32,
+    #[serde(default)]
+    pub http_failures: u32,
+    #[serde(default)]
+    pub tcp_failures: u32,
+    #[serde(default)]
+    pub timeouts: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_statuses: Vec<u16>,
+}
+
+impl Default for ActiveCheck {
+    fn default() -> Self {
+        ActiveCheck {
+            kind: "http".into(),
+            http_path: "/".into(),
+            timeout: "1s".into(),
+            healthy: Thresholds {
+                interval: "10s".into(),
+                successes: 2,
+                http_failures: 0,
+                tcp_failures: 0,
+                timeouts: 0,
+                http_statuses: vec![200, 302],
+            },
+            unhealthy: Thresholds {
+                interval: "10s".into(),
+                successes: 0,
+                http_failures: 3,
+                tcp_failures: 3,
+                timeouts: 3,
+                http_statuses: vec![429, 404, 500, 501, 502, 503, 504, 505],
+            },
+        }
+    }
+}
+
+impl Default for PassiveCheck {
+    fn default() -> Self {
+        PassiveCheck {
+            healthy: Thresholds {
+                interval: "0s".into(),
+                successes: 5,
+                http_failures: 0,
+                tcp_failures: 0,
+                timeouts: 0,
+                http_statuses: vec![],
+            },
+            unhealthy: Thresholds {
+                interval: "0s".into(),
+                successes: 0,
+                http_failures: 5,
+                tcp_failures: 2,
+                timeouts: 2,
+                http_statuses: vec![500, 502, 503, 504],
+            },
+            base_ejection_time: "30s".into(),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    pub connect: String,
+    pub read: String,
+    pub write: String,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: "60s".into(),
+            read: "60s".into(),
+            write: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub requests_per_minute: u32,
+    pub burst: u32,
+    /// `ip` or `header:<name>`.
+    pub by: String,
+}
+
 /// A backup the agent takes on a cron schedule: the policy itself stays in the vault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,0 +1,285 @@
+//! The HTTP balancer engine against real worker processes on free loopback ports: weighted
+//! spread, failover with retries (no failed request) and re-admission, the backup pool,
+//! rate limiting with Retry-After, hot reload under traffic, request ids and the admin API.
+
+use localdr::runtime::balancer;
+use localdr::spec::{BalancerSpec, Healthchecks, RateLimit, Target, Timeouts, API_VERSION};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Worker {
+    port: u16,
+    child: Child,
+}
+
+impl Worker {
+    fn start(port: u16) -> Worker {
+        let child = Command::new(env!("CARGO_BIN_EXE_localdr-test-worker"))
+            .args(["--port", &port.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "worker on {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Worker { port, child }
+    }
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One request per connection; returns (status, headers+body).
+fn get(port: u16, path: &str, extra: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, out)
+}
+
+fn spec(targets: &[(u16, u32)], backups: &[u16]) -> BalancerSpec {
+    let mut hc = Healthchecks::default();
+    hc.active.http_path = "/health".into();
+    hc.active.healthy.interval = "200ms".into();
+    hc.active.unhealthy.interval = "200ms".into();
+    BalancerSpec {
+        api_version: API_VERSION,
+        name: "web".into(),
+        listen: format!("127.0.0.1:{}", free_port()),
+        service: None,
+        targets: targets
+            .iter()
+            .map(|(p, w)| Target {
+                address: format!("127.0.0.1:{p}"),
+                weight: *w,
+            })
+            .collect(),
+        backup_targets: backups
+            .iter()
+            .map(|p| Target {
+                address: format!("127.0.0.1:{p}"),
+                weight: 1,
+            })
+            .collect(),
+        algorithm: "round-robin".into(),
+        healthchecks: hc,
+        retries: 5,
+        timeouts: Timeouts {
+            connect: "2s".into(),
+            read: "10s".into(),
+            write: "10s".into(),
+        },
+        rate_limit: None,
+        admin_listen: "127.0.0.1:0".into(),
+    }
+}
+
+fn port_of(body: &str) -> u16 {
+    body.split("port=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn weights_spread_requests_exactly() {
+    let ws: Vec<Worker> = (0..3).map(|_| Worker::start(free_port())).collect();
+    let h = balancer::start(
+        spec(&[(ws[0].port, 5), (ws[1].port, 1), (ws[2].port, 1)], &[]),
+        None,
+    )
+    .unwrap();
+    let mut count = std::collections::HashMap::new();
+    for _ in 0..700 {
+        let (code, body) = get(h.listen.port(), "/", "");
+        assert_eq!(code, 200, "{body}");
+        *count.entry(port_of(&body)).or_insert(0) += 1;
+    }
+    assert_eq!(count[&ws[0].port], 500, "{count:?}");
+    assert_eq!(count[&ws[1].port], 100, "{count:?}");
+    assert_eq!(count[&ws[2].port], 100, "{count:?}");
+    // Admin API.
+    let (code, m) = get(h.admin.port(), "/metrics", "");
+    assert_eq!(code, 200);
+    assert!(
+        m.contains("localdr_requests_total{balancer=\"web\",class=\"2xx\"} 700"),
+        "{m}"
+    );
+    let (code, t) = get(h.admin.port(), "/targets", "");
+    assert_eq!(code, 200);
+    assert!(t.contains("\"requests\":500"), "{t}");
+    // Request ids: generated when absent, kept when given.
+    let (_, r) = get(h.listen.port(), "/", "X-Request-ID: abc-123\r\n");
+    assert!(
+        r.to_ascii_lowercase().contains("x-request-id: abc-123"),
+        "{r}"
+    );
+    let (_, r) = get(h.listen.port(), "/", "");
+    assert!(r.to_ascii_lowercase().contains("x-request-id: "), "{r}");
+    h.stop();
+}
+
+#[test]
+fn failover_without_failed_requests_then_readmission_and_backup() {
+    let mut ws: Vec<Worker> = (0..3).map(|_| Worker::start(free_port())).collect();
+    let backup = Worker::start(free_port());
+    let ports: Vec<u16> = ws.iter().map(|w| w.port).collect();
+    let h = balancer::start(
+        spec(
+            &[(ports[0], 1), (ports[1], 1), (ports[2], 1)],
+            &[backup.port],
+        ),
+        None,
+    )
+    .unwrap();
+    let lb = h.listen.port();
+    let mut failed = 0;
+    for i in 0..600 {
+        if i == 100 {
+            ws[1].kill(); // kill -9 one target under load
+        }
+        let (code, _) = get(lb, "/", "");
+        if code != 200 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "requests failed although retries were possible");
+    let targets = h.lb.targets();
+    let dead = targets
+        .iter()
+        .find(|t| t.address.ends_with(&format!(":{}", ports[1])))
+        .unwrap();
+    assert!(
+        !dead.available(Instant::now()),
+        "the dead target must be out of rotation"
+    );
+    // It comes back on the same port: active checks re-admit it.
+    ws[1] = Worker::start(ports[1]);
+    let start = Instant::now();
+    while !dead.available(Instant::now()) {
+        assert!(start.elapsed() < Duration::from_secs(10), "not re-admitted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "FIGURE balancer: target re-admitted {:?} after it came back",
+        start.elapsed()
+    );
+    let seen: std::collections::HashSet<u16> =
+        (0..30).map(|_| port_of(&get(lb, "/", "").1)).collect();
+    assert!(seen.contains(&ports[1]), "{seen:?}");
+    assert!(
+        !seen.contains(&backup.port),
+        "the backup serves only when all primaries are down"
+    );
+    // Every primary down: the backup serves.
+    for w in ws.iter_mut() {
+        w.kill();
+    }
+    let mut served_by_backup = 0;
+    for _ in 0..50 {
+        let (code, body) = get(lb, "/", "");
+        assert_eq!(code, 200, "{body}");
+        if port_of(&body) == backup.port {
+            served_by_backup += 1;
+        }
+    }
+    assert_eq!(served_by_backup, 50);
+    h.stop();
+}
+
+#[test]
+fn rate_limit_answers_429_with_retry_after() {
+    let w = Worker::start(free_port());
+    let mut s = spec(&[(w.port, 1)], &[]);
+    s.rate_limit = Some(RateLimit {
+        requests_per_minute: 100,
+        burst: 5,
+        by: "ip".into(),
+    });
+    let h = balancer::start(s, None).unwrap();
+    let codes: Vec<u16> = (0..6).map(|_| get(h.listen.port(), "/", "").0).collect();
+    assert_eq!(codes, [200, 200, 200, 200, 200, 429]);
+    let (code, r) = get(h.listen.port(), "/", "");
+    assert_eq!(code, 429);
+    assert!(r.to_ascii_lowercase().contains("retry-after: 1"), "{r}");
+    h.stop();
+}
+
+#[test]
+fn hot_reload_of_weights_under_traffic_drops_nothing() {
+    let ws: Vec<Worker> = (0..2).map(|_| Worker::start(free_port())).collect();
+    let h = balancer::start(spec(&[(ws[0].port, 1), (ws[1].port, 1)], &[]), None).unwrap();
+    let port = h.listen.port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut failed = 0;
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if get(port, "/sleep?ms=5", "").0 != 200 {
+                        failed += 1;
+                    }
+                    n += 1;
+                }
+                (n, failed)
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        std::thread::sleep(Duration::from_millis(25));
+        let s = spec(&[(ws[0].port, 1 + i % 4), (ws[1].port, 4 - i % 4)], &[]);
+        h.lb.reload(
+            BalancerSpec {
+                listen: h.lb.config().listen.clone(),
+                ..s
+            },
+            None,
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut n, mut failed) = (0, 0);
+    for c in clients {
+        let (a, b) = c.join().unwrap();
+        n += a;
+        failed += b;
+    }
+    assert!(n > 50, "too little traffic to mean anything: {n}");
+    assert_eq!(failed, 0, "{failed} of {n} requests failed during reloads");
+    h.stop();
+}

@@ -1,0 +1,515 @@
+//! The HTTP load balancer the agent runs for each `balancers/<name>.json`.
+//!
+//! One thread and one single-threaded runtime per balancer, so the supervisor's work never
+//! delays a request. The configuration sits behind an `ArcSwap`: a reload swaps it, and
+//! requests in flight finish with the configuration they started with. Targets keep their
+//! health state across reloads (matched by address).
+
+pub mod admin;
+pub mod pick;
+pub mod proxy;
+pub mod ratelimit;
+pub mod targets;
+
+use crate::spec::{dur, BalancerSpec};
+use crate::statedir::StateDir;
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pick::Picker;
+use ratelimit::RateLimiter;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use targets::{Outcome, TargetState};
+
+/// Latency histogram bucket bounds in seconds (Prometheus `le`).
+pub const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub by_class: [AtomicU64; 6],
+    pub retries: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub requests: AtomicU64,
+    pub latency: [AtomicU64; 11],
+    pub latency_sum_us: AtomicU64,
+}
+
+pub struct Balancer {
+    pub name: String,
+    cfg: ArcSwap<BalancerSpec>,
+    targets: ArcSwap<Vec<Arc<TargetState>>>,
+    picker: ArcSwap<Picker>,
+    limiter: ArcSwap<Option<RateLimiter>>,
+    pub client: Client<HttpConnector, proxy::Body>,
+    pub metrics: Metrics,
+    counter: AtomicU64,
+    access: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+}
+
+impl Balancer {
+    fn new(spec: BalancerSpec, access_log: Option<std::fs::File>) -> Arc<Balancer> {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(dur(&spec.timeouts.connect)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(conn);
+        let lb = Arc::new(Balancer {
+            name: spec.name.clone(),
+            picker: ArcSwap::from_pointee(Picker::new(&spec.algorithm)),
+            limiter: ArcSwap::from_pointee(
+                spec.rate_limit
+                    .as_ref()
+                    .map(|r| RateLimiter::new(r.requests_per_minute, r.burst)),
+            ),
+            targets: ArcSwap::from_pointee(Vec::new()),
+            cfg: ArcSwap::from_pointee(spec.clone()),
+            client,
+            metrics: Metrics::default(),
+            counter: AtomicU64::new(0),
+            access: Mutex::new(access_log.map(std::io::BufWriter::new)),
+        });
+        lb.set_targets(&spec, None);
+        lb
+    }
+
+    pub fn config(&self) -> Arc<BalancerSpec> {
+        self.cfg.load_full()
+    }
+
+    pub fn limiter(&self) -> Option<arc_swap::Guard<Arc<Option<RateLimiter>>>> {
+        let g = self.limiter.load();
+        g.is_some().then_some(g)
+    }
+
+    pub fn targets(&self) -> Arc<Vec<Arc<TargetState>>> {
+        self.targets.load_full()
+    }
+
+    /// Swap in a new configuration; targets keep their state when their address stays.
+    pub fn reload(&self, spec: BalancerSpec, service_targets: Option<Vec<String>>) {
+        let old = self.config();
+        if old.algorithm != spec.algorithm {
+            self.picker.store(Arc::new(Picker::new(&spec.algorithm)));
+        }
+        if old.rate_limit != spec.rate_limit {
+            self.limiter.store(Arc::new(
+                spec.rate_limit
+                    .as_ref()
+                    .map(|r| RateLimiter::new(r.requests_per_minute, r.burst)),
+            ));
+        }
+        self.set_targets(&spec, service_targets);
+        self.cfg.store(Arc::new(spec));
+    }
+
+    /// Rebuild the target list from the spec (and the followed service's replicas).
+    pub fn set_targets(&self, spec: &BalancerSpec, service_targets: Option<Vec<String>>) {
+        let old = self.targets();
+        let find = |addr: &str, w: u32, backup: bool| -> Arc<TargetState> {
+            match old
+                .iter()
+                .find(|t| t.address == addr && t.weight == w && t.backup == backup)
+            {
+                Some(t) => t.clone(),
+                None => {
+                    let t = Arc::new(TargetState::new(addr, w, backup));
+                    // A target that was already known keeps its health, not its weight.
+                    if let Some(prev) = old.iter().find(|t| t.address == addr) {
+                        if !prev.is_healthy() {
+                            t.record_active(
+                                Outcome::TcpFailure,
+                                &spec.healthchecks,
+                                Instant::now(),
+                            );
+                        }
+                    }
+                    t
+                }
+            }
+        };
+        let mut list: Vec<Arc<TargetState>> = Vec::new();
+        for t in &spec.targets {
+            list.push(find(&t.address, t.weight, false));
+        }
+        for a in service_targets.unwrap_or_default() {
+            if !list.iter().any(|t| t.address == a) {
+                list.push(find(&a, 1, false));
+            }
+        }
+        for t in &spec.backup_targets {
+            list.push(find(&t.address, t.weight, true));
+        }
+        if list
+            .iter()
+            .map(|t| (&t.address, t.weight, t.backup))
+            .ne(old.iter().map(|t| (&t.address, t.weight, t.backup)))
+        {
+            self.targets.store(Arc::new(list));
+        }
+    }
+
+    /// Next target: available primaries; else available backups; else every primary
+    /// (panic mode: fail open rather than answer 503). Within a request, targets already
+    /// `tried` come last: a retry goes to an untried primary, then an untried backup,
+    /// before any target is tried twice.
+    pub fn choose(&self, tried: &[String]) -> Option<Arc<TargetState>> {
+        let now = Instant::now();
+        let targets = self.targets();
+        let slow = Duration::from_secs(0);
+        let pick_from = |backup: bool, only_available: bool, fresh: bool| {
+            let c: Vec<(Arc<TargetState>, u32)> = targets
+                .iter()
+                .filter(|t| t.backup == backup && (!only_available || proxy::usable(t, now)))
+                .filter(|t| !t.draining.load(Ordering::Relaxed))
+                .filter(|t| !fresh || !tried.contains(&t.address))
+                .map(|t| (t.clone(), t.effective_weight(now, slow)))
+                .collect();
+            self.picker.load().pick(&c)
+        };
+        pick_from(false, true, true)
+            .or_else(|| pick_from(true, true, true))
+            .or_else(|| pick_from(false, false, true))
+            .or_else(|| pick_from(false, true, false))
+            .or_else(|| pick_from(true, true, false))
+            .or_else(|| pick_from(false, false, false))
+    }
+
+    /// Count a live request's outcome (passive health).
+    pub fn observe(&self, t: &TargetState, o: Outcome) {
+        let cfg = self.config();
+        let now = Instant::now();
+        let targets = self.targets();
+        let primaries = targets.iter().filter(|x| !x.backup).count().max(1);
+        let ejected = targets
+            .iter()
+            .filter(|x| !x.backup && x.is_ejected(now))
+            .count();
+        let allowed = (ejected + 1) * 100
+            <= primaries * cfg.healthchecks.passive.max_ejection_percent as usize;
+        if t.record_passive(o, &cfg.healthchecks, now, allowed) {
+            tracing::warn!(balancer = %self.name, target = %t.address, "ejected by passive health checks");
+        }
+    }
+
+    /// Retry budget: retries stay under ~20% of requests (plus a little headroom so a
+    /// quiet balancer can still retry).
+    pub fn retry_allowed(&self) -> bool {
+        let r = self.metrics.retries.load(Ordering::Relaxed);
+        let n = self.metrics.requests.load(Ordering::Relaxed);
+        r < n / 5 + 10
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        dur(&self.config().timeouts.read)
+    }
+
+    pub fn next_request_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        format!(
+            "{:016x}{:08x}",
+            t ^ (std::process::id() as u64) << 32,
+            n as u32
+        )
+    }
+
+    pub fn next_jitter(&self) -> u64 {
+        self.counter
+            .fetch_add(7, Ordering::Relaxed)
+            .wrapping_mul(2654435761)
+            >> 7
+    }
+
+    /// Metrics and the access log line for a finished request.
+    pub fn finish(
+        &self,
+        id: &str,
+        peer: &SocketAddr,
+        target: &str,
+        status: u16,
+        start: Instant,
+        retries: u32,
+    ) {
+        let el = start.elapsed();
+        let m = &self.metrics;
+        m.requests.fetch_add(1, Ordering::Relaxed);
+        m.by_class[(status / 100).min(5) as usize].fetch_add(1, Ordering::Relaxed);
+        let s = el.as_secs_f64();
+        let b = BUCKETS
+            .iter()
+            .position(|le| s <= *le)
+            .unwrap_or(BUCKETS.len());
+        m.latency[b].fetch_add(1, Ordering::Relaxed);
+        m.latency_sum_us
+            .fetch_add(el.as_micros() as u64, Ordering::Relaxed);
+        if let Ok(mut g) = self.access.lock() {
+            if let Some(w) = g.as_mut() {
+                let _ = writeln!(
+                    w,
+                    "{{\"ts\":\"{}\",\"request_id\":\"{id}\",\"client\":\"{}\",\"target\":\"{target}\",\"status\":{status},\"latency_ms\":{:.3},\"retries\":{retries}}}",
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    peer.ip(),
+                    s * 1000.0
+                );
+            }
+        }
+    }
+
+    fn flush_access_log(&self) {
+        if let Ok(mut g) = self.access.lock() {
+            if let Some(w) = g.as_mut() {
+                let _ = w.flush();
+            }
+        }
+    }
+}
+
+/// A running balancer: its thread, and how to reload or stop it.
+pub struct Handle {
+    pub lb: Arc<Balancer>,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Handle {
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(true);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.lb.flush_access_log();
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Start a balancer. Binding happens here, so a port in use is an error for the caller.
+pub fn start(spec: BalancerSpec, sd: Option<StateDir>) -> Result<Handle> {
+    let listener = std::net::TcpListener::bind(&spec.listen)
+        .with_context(|| format!("balancer {}: cannot listen on {}", spec.name, spec.listen))?;
+    let admin = std::net::TcpListener::bind(&spec.admin_listen).with_context(|| {
+        format!(
+            "balancer {}: cannot listen on admin address {}",
+            spec.name, spec.admin_listen
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    admin.set_nonblocking(true)?;
+    let listen_addr = listener.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let access = match &sd {
+        Some(sd) => {
+            std::fs::create_dir_all(sd.logs_dir())?;
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(sd.logs_dir().join(format!("{}-access.log", spec.name)))?,
+            )
+        }
+        None => None,
+    };
+    let lb = Balancer::new(spec, access);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let lb2 = lb.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("lb-{}", lb.name))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("balancer runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let a = tokio::net::TcpListener::from_std(admin).expect("admin listener");
+                let serve = serve(lb2.clone(), l, stop_rx.clone());
+                let adm = admin::serve(lb2.clone(), a, stop_rx.clone());
+                let checks = active_checks(lb2.clone(), sd, stop_rx.clone());
+                let _ = tokio::join!(serve, adm, checks);
+            });
+        })?;
+    tracing::info!(listen = %listen_addr, admin = %admin_addr, "balancer started");
+    Ok(Handle {
+        lb,
+        listen: listen_addr,
+        admin: admin_addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+async fn serve(
+    lb: Arc<Balancer>,
+    l: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let conns = tokio_util_tracker();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            r = l.accept() => {
+                let Ok((s, peer)) = r else { continue };
+                let _ = s.set_nodelay(true);
+                let lb = lb.clone();
+                let mut stop = stop.clone();
+                let guard = conns.clone();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let svc = hyper::service::service_fn(move |req| proxy::handle(lb.clone(), req, peer));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(s), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stop.changed() => {
+                            // Finish the request in flight, then close.
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+                        }
+                    }
+                });
+            }
+        }
+    }
+    // Wait (bounded) for connections to finish their requests.
+    let start = Instant::now();
+    while Arc::strong_count(&conns) > 1 && start.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A counter of live connections: clones of one `Arc`.
+fn tokio_util_tracker() -> Arc<()> {
+    Arc::new(())
+}
+
+/// Active health checks, and following a service's replicas from its status file.
+async fn active_checks(
+    lb: Arc<Balancer>,
+    sd: Option<StateDir>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut next: std::collections::HashMap<String, Instant> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut follow_at = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let cfg = lb.config();
+        if let (Some(svc), Some(sd)) = (&cfg.service, &sd) {
+            if now >= follow_at {
+                follow_at = now + Duration::from_millis(250);
+                let addrs = sd
+                    .read_status(svc)
+                    .ok()
+                    .flatten()
+                    .map(|st| {
+                        st.replicas
+                            .iter()
+                            .filter(|r| r.state == "running")
+                            .map(|r| format!("127.0.0.1:{}", r.port))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                lb.set_targets(&cfg, Some(addrs));
+            }
+        }
+        let active = &cfg.healthchecks.active;
+        for t in lb.targets().iter() {
+            let healthy = t.is_healthy() && !t.is_ejected(now);
+            let every = dur(if healthy {
+                &active.healthy.interval
+            } else {
+                &active.unhealthy.interval
+            });
+            if every.is_zero() {
+                continue;
+            }
+            let due = next.entry(t.address.clone()).or_insert(now);
+            if now < *due {
+                continue;
+            }
+            *due = now + every;
+            let (t, lb, cfg) = (t.clone(), lb.clone(), cfg.clone());
+            tokio::spawn(async move {
+                let o = probe(&t.address, &cfg).await;
+                if let Some(up) = t.record_active(o, &cfg.healthchecks, Instant::now()) {
+                    tracing::info!(balancer = %lb.name, target = %t.address, healthy = up, "active health check changed state");
+                }
+            });
+        }
+    }
+}
+
+async fn probe(addr: &str, cfg: &BalancerSpec) -> Outcome {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = &cfg.healthchecks.active;
+    let work = async {
+        let mut s = match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(_) => return Outcome::TcpFailure,
+        };
+        if a.kind == "tcp" {
+            return Outcome::Success;
+        }
+        let req = format!("GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: localdr-health\r\nConnection: close\r\n\r\n", a.http_path);
+        if s.write_all(req.as_bytes()).await.is_err() {
+            return Outcome::TcpFailure;
+        }
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < 12 {
+            match s.read(&mut buf[got..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        let code: u16 = String::from_utf8_lossy(&buf[..got])
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if a.healthy.http_statuses.contains(&code) {
+            Outcome::Success
+        } else {
+            Outcome::HttpFailure
+        }
+    };
+    match tokio::time::timeout(dur(&a.timeout), work).await {
+        Ok(o) => o,
+        Err(_) => Outcome::Timeout,
+    }
+}

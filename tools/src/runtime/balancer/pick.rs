@@ -1,0 +1,112 @@
+//! Choosing a target: smooth weighted round-robin (nginx's: an even spread that honours
+//! weights without bursts), least-connections (weighted), and random two choices (the less
+//! loaded of two picked at random, as Envoy and Finagle do).
+
+use super::targets::TargetState;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+pub struct Picker {
+    algorithm: String,
+    /// Smooth WRR current weights, by address.
+    current: Mutex<std::collections::HashMap<String, i64>>,
+    seed: std::sync::atomic::AtomicU64,
+}
+
+impl Picker {
+    pub fn new(algorithm: &str) -> Picker {
+        Picker {
+            algorithm: algorithm.to_string(),
+            current: Mutex::new(Default::default()),
+            seed: std::sync::atomic::AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+        }
+    }
+
+    /// Pick among `cands` (address, effective weight); `None` when empty.
+    pub fn pick(&self, cands: &[(Arc<TargetState>, u32)]) -> Option<Arc<TargetState>> {
+        match cands.len() {
+            0 => return None,
+            1 => return Some(cands[0].0.clone()),
+            _ => {}
+        }
+        match self.algorithm.as_str() {
+            "least-connections" => cands
+                .iter()
+                .min_by(|a, b| load(a).total_cmp(&load(b)))
+                .map(|c| c.0.clone()),
+            "random-two-choices" => {
+                let i = (self.rand() % cands.len() as u64) as usize;
+                let mut j = (self.rand() % (cands.len() as u64 - 1)) as usize;
+                if j >= i {
+                    j += 1;
+                }
+                let (a, b) = (&cands[i], &cands[j]);
+                Some(if load(a) <= load(b) {
+                    a.0.clone()
+                } else {
+                    b.0.clone()
+                })
+            }
+            _ => {
+                let mut cur = self.current.lock().expect("picker lock");
+                let total: i64 = cands.iter().map(|c| c.1 as i64).sum();
+                let mut best: Option<(usize, i64)> = None;
+                for (i, (t, w)) in cands.iter().enumerate() {
+                    let c = cur.entry(t.address.clone()).or_insert(0);
+                    *c += *w as i64;
+                    if best.is_none_or(|(_, b)| *c > b) {
+                        best = Some((i, *c));
+                    }
+                }
+                let (i, _) = best?;
+                if let Some(c) = cur.get_mut(&cands[i].0.address) {
+                    *c -= total;
+                }
+                Some(cands[i].0.clone())
+            }
+        }
+    }
+
+    fn rand(&self) -> u64 {
+        // xorshift64*: fast and good enough to spread two choices.
+        let mut x = self
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn load(c: &(Arc<TargetState>, u32)) -> f64 {
+    c.0.in_flight.load(std::sync::atomic::Ordering::Relaxed) as f64 / c.1.max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_wrr_honours_weights_evenly() {
+        let a = Arc::new(TargetState::new("a", 5, false));
+        let b = Arc::new(TargetState::new("b", 1, false));
+        let c = Arc::new(TargetState::new("c", 1, false));
+        let cands = vec![(a, 5), (b, 1), (c, 1)];
+        let p = Picker::new("round-robin");
+        let seq: String = (0..7)
+            .map(|_| p.pick(&cands).unwrap().address.clone())
+            .collect();
+        // nginx's example: a a b a c a a
+        assert_eq!(seq, "aabacaa");
+    }
+
+    #[test]
+    fn least_connections_prefers_the_idle() {
+        let a = Arc::new(TargetState::new("a", 1, false));
+        let b = Arc::new(TargetState::new("b", 1, false));
+        a.in_flight.store(3, std::sync::atomic::Ordering::Relaxed);
+        let p = Picker::new("least-connections");
+        assert_eq!(p.pick(&[(a, 1), (b, 1)]).unwrap().address, "b");
+    }
+}

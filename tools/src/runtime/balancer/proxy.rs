@@ -1,0 +1,283 @@
+//! Forwarding one request: rate limit, request id, pick a target, send it with the pooled
+//! HTTP/1.1 client, retry elsewhere when that is safe, and stream the answer back.
+//!
+//! Bodies stream both ways. A request body of up to 64 KiB is kept in memory so the
+//! request can be retried; a bigger one streams straight through and is retried only when
+//! the connection to the target could not even be made (nothing was sent).
+
+use super::targets::{Outcome, TargetState};
+use super::Balancer;
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+const RETRY_BODY_LIMIT: u64 = 64 * 1024;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn simple(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(full(format!("{msg}\n")));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+fn idempotent(m: &hyper::Method) -> bool {
+    matches!(
+        *m,
+        hyper::Method::GET
+            | hyper::Method::HEAD
+            | hyper::Method::OPTIONS
+            | hyper::Method::PUT
+            | hyper::Method::DELETE
+            | hyper::Method::TRACE
+    )
+}
+
+enum ReqBody {
+    Buffered(Bytes),
+    Stream(Option<Incoming>),
+}
+
+pub async fn handle(
+    lb: Arc<Balancer>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, hyper::Error> {
+    let start = Instant::now();
+    let cfg = lb.config();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| lb.next_request_id());
+
+    if let Some(guard) = lb.limiter() {
+        let rl = guard
+            .as_ref()
+            .as_ref()
+            .expect("limiter() only returns a set limiter");
+        let key = match cfg.rate_limit.as_ref().map(|r| r.by.as_str()) {
+            Some(by) if by.starts_with("header:") => req
+                .headers()
+                .get(&by["header:".len()..])
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+            _ => peer.ip().to_string(),
+        };
+        if let Err(wait) = rl.check(&key, start) {
+            lb.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let mut r = simple(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
+            r.headers_mut().insert(
+                "x-request-id",
+                HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-")),
+            );
+            lb.finish(&request_id, &peer, "-", 429, start, 0);
+            return Ok(r);
+        }
+    }
+
+    let (parts, body) = req.into_parts();
+    let small = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= RETRY_BODY_LIMIT)
+        || (parts.headers.get("content-length").is_none()
+            && parts.headers.get("transfer-encoding").is_none());
+    let mut body = if small {
+        match body.collect().await {
+            Ok(b) => ReqBody::Buffered(b.to_bytes()),
+            Err(_) => {
+                return Ok(simple(
+                    StatusCode::BAD_REQUEST,
+                    "could not read the request body",
+                ))
+            }
+        }
+    } else {
+        ReqBody::Stream(Some(body))
+    };
+    let safe_to_repeat = idempotent(&parts.method) && matches!(body, ReqBody::Buffered(_));
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+
+    let mut tried: Vec<String> = Vec::new();
+    let mut retries = 0u32;
+    loop {
+        let Some(target) = lb.choose(&tried) else {
+            lb.finish(&request_id, &peer, "-", 503, start, retries);
+            return Ok(simple(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no target available",
+            ));
+        };
+        tried.push(target.address.clone());
+        let upstream_body = match &mut body {
+            ReqBody::Buffered(b) => full(b.clone()),
+            ReqBody::Stream(s) => match s.take() {
+                Some(b) => b.boxed(),
+                None => full(Bytes::new()),
+            },
+        };
+        let mut up = Request::builder()
+            .method(parts.method.clone())
+            .uri(format!("http://{}{}", target.address, path))
+            .version(hyper::Version::HTTP_11);
+        for (k, v) in parts.headers.iter() {
+            if !hop_by_hop(k) && k != "x-forwarded-for" && k != "x-request-id" {
+                up = up.header(k, v);
+            }
+        }
+        up = up
+            .header("x-forwarded-for", xff.as_str())
+            .header("x-request-id", request_id.as_str());
+        let Ok(up) = up.body(upstream_body) else {
+            return Ok(simple(StatusCode::BAD_REQUEST, "invalid request"));
+        };
+        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        target.requests.fetch_add(1, Ordering::Relaxed);
+        let read = lb.read_timeout();
+        let sent = tokio::time::timeout(read, lb.client.request(up)).await;
+        target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let (outcome, resp, nothing_sent) = match sent {
+            Ok(Ok(resp)) => {
+                let code = resp.status().as_u16();
+                let bad = cfg
+                    .healthchecks
+                    .passive
+                    .unhealthy
+                    .http_statuses
+                    .contains(&code);
+                (
+                    if bad {
+                        Outcome::HttpFailure
+                    } else {
+                        Outcome::Success
+                    },
+                    Some(resp),
+                    false,
+                )
+            }
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                (Outcome::TcpFailure, None, connect)
+            }
+            Err(_) => (Outcome::Timeout, None, false),
+        };
+        lb.observe(&target, outcome);
+        let can_retry = retries < cfg.retries
+            && lb.retry_allowed()
+            && (safe_to_repeat || (nothing_sent && matches!(body, ReqBody::Buffered(_))));
+        match resp {
+            Some(resp)
+                if !(outcome == Outcome::HttpFailure
+                    && resp.status().is_server_error()
+                    && can_retry) =>
+            {
+                let (mut rp, rb) = resp.into_parts();
+                for h in [
+                    "connection",
+                    "keep-alive",
+                    "proxy-connection",
+                    "te",
+                    "trailer",
+                    "upgrade",
+                ] {
+                    rp.headers.remove(h);
+                }
+                rp.headers.insert(
+                    "x-request-id",
+                    HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-")),
+                );
+                lb.finish(
+                    &request_id,
+                    &peer,
+                    &target.address,
+                    rp.status.as_u16(),
+                    start,
+                    retries,
+                );
+                return Ok(Response::from_parts(rp, rb.boxed()));
+            }
+            _ => {}
+        }
+        target.failures.fetch_add(1, Ordering::Relaxed);
+        if !can_retry {
+            let (code, msg) = match outcome {
+                Outcome::Timeout => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the target did not answer in time",
+                ),
+                _ => (StatusCode::BAD_GATEWAY, "the target failed"),
+            };
+            lb.finish(
+                &request_id,
+                &peer,
+                &target.address,
+                code.as_u16(),
+                start,
+                retries,
+            );
+            let mut r = simple(code, msg);
+            r.headers_mut().insert(
+                "x-request-id",
+                HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-")),
+            );
+            return Ok(r);
+        }
+        retries += 1;
+        lb.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        // Jittered backoff: 0–(10 ms × attempt), so retries do not arrive in lockstep.
+        let jitter = (lb.next_jitter() % 10 + 1) * retries as u64;
+        tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+    }
+}
+
+/// Is a target usable by `choose`, or only in panic mode?
+pub fn usable(t: &TargetState, now: Instant) -> bool {
+    t.available(now)
+}
