@@ -166,6 +166,7 @@ impl Provider for LocaldrProvider {
         Some(map! {
             "backup" => crate::resources::backup::BackupResource::new(self.shared.clone()),
             "service" => crate::resources::service::ServiceResource::new(self.shared.clone()),
+            "balancer" => crate::resources::balancer::BalancerResource::new(self.shared.clone()),
         })
     }
 

@@ -619,6 +619,19 @@ pub struct RateLimit {
     pub by: String,
 }
 
+/// What the agent publishes for a balancer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BalancerStatus {
+    pub name: String,
+    pub spec_hash: String,
+    /// Where it listens, when it does.
+    pub listening: Option<String>,
+    pub admin: Option<String>,
+    /// Why it is not running (e.g. the port is in use).
+    pub error: Option<String>,
+    pub targets: serde_json::Value,
+}
+
 /// A backup the agent takes on a cron schedule: the policy itself stays in the vault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -53,6 +53,51 @@ impl StateDir {
     pub fn status_path(&self, name: &str) -> PathBuf {
         self.status_dir().join(format!("{name}.json"))
     }
+    pub fn balancers_dir(&self) -> PathBuf {
+        self.root.join("balancers")
+    }
+    pub fn balancer_path(&self, name: &str) -> PathBuf {
+        self.balancers_dir().join(format!("{name}.json"))
+    }
+    pub fn balancer_status_path(&self, name: &str) -> PathBuf {
+        self.root
+            .join("status/balancers")
+            .join(format!("{name}.json"))
+    }
+    pub fn balancer_names(&self) -> Result<Vec<String>> {
+        list_json(&self.balancers_dir())
+    }
+    /// Write a balancer spec atomically; returns the hash of the bytes written.
+    pub fn write_balancer(&self, spec: &crate::spec::BalancerSpec) -> Result<String> {
+        std::fs::create_dir_all(self.balancers_dir())?;
+        let mut bytes = serde_json::to_vec_pretty(spec)?;
+        bytes.push(b'\n');
+        crate::atomic::write(&self.balancer_path(&spec.name), &bytes)?;
+        Ok(hash(&bytes))
+    }
+    pub fn read_balancer(&self, name: &str) -> Result<Option<(crate::spec::BalancerSpec, String)>> {
+        let path = self.balancer_path(name);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some((
+                serde_json::from_slice(&b)
+                    .with_context(|| format!("{} is not a valid balancer spec", path.display()))?,
+                hash(&b),
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
+        }
+    }
+    pub fn remove_balancer(&self, name: &str) -> Result<()> {
+        match std::fs::remove_file(self.balancer_path(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).context("could not remove the balancer spec"),
+        }
+    }
+    pub fn read_balancer_status(&self, name: &str) -> Result<Option<crate::spec::BalancerStatus>> {
+        read_json(&self.balancer_status_path(name))
+    }
+
     pub fn schedules_dir(&self) -> PathBuf {
         self.root.join("schedules")
     }

@@ -1,3 +1,4 @@
 pub mod backup;
+pub mod balancer;
 pub mod service;
 mod util;

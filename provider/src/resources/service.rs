@@ -873,13 +873,12 @@ impl Resource for ServiceResource {
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
         let _t = crate::timing::Timed::start("service.plan_update");
         check_config(diags, &config_state);
-        let mut planned = proposed_state;
+        // From the configuration, not the proposal: an attribute left out means its
+        // default (a hand edit of it shows as a diff), and `ensure_running` left out means
+        // true (`false -> true` after a refresh found the pool down).
+        let _ = proposed_state;
+        let mut planned = config_state.clone();
         apply_defaults(&mut planned);
-        // Not in the configuration: the proposal carries the refreshed `false`; the plan
-        // is to be running (`false -> true`).
-        if config_state.ensure_running.is_null() {
-            planned.ensure_running = v(true);
-        }
         let prior_name = known(&prior_state.name);
         self.check_ports(diags, &planned, prior_name.as_deref());
         let mut replace = Vec::new();

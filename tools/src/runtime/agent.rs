@@ -101,6 +101,7 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
     let mut rejected: HashMap<String, String> = HashMap::new();
     let mut idle_since = Instant::now();
     let mut backups = super::backups::Backups::default();
+    let mut balancers = super::balancers::Balancers::default();
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
@@ -150,6 +151,7 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
             p.tick();
         }
         backups.tick(sd, true);
+        balancers.tick(sd);
         pools.retain(|name, p| {
             let done = !names.contains(name) && p.is_empty();
             if done {
@@ -158,13 +160,15 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
             }
             !done
         });
-        if !pools.is_empty() || !names.is_empty() || !backups.is_empty() {
+        if !pools.is_empty() || !names.is_empty() || !backups.is_empty() || !balancers.is_empty() {
             idle_since = Instant::now();
         } else if exit_when_idle.is_some_and(|d| idle_since.elapsed() >= d) {
             tracing::info!("nothing to run: exiting");
             return Ok(());
         }
     }
+    // Balancers first: they finish their requests while the workers still run.
+    balancers.stop_all(sd);
     drain(sd, &mut pools).await;
     // A scheduled backup in progress is left to finish: the vault is crash-safe, but a
     // finished snapshot is worth the wait.

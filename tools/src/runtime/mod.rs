@@ -5,6 +5,7 @@ pub mod agent;
 pub mod autoscale;
 pub mod backups;
 pub mod balancer;
+pub mod balancers;
 pub mod control;
 pub mod events;
 pub mod health;

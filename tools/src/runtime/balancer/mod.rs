@@ -106,7 +106,17 @@ impl Balancer {
                     .map(|r| RateLimiter::new(r.requests_per_minute, r.burst)),
             ));
         }
-        self.set_targets(&spec, service_targets);
+        // Without fresh replica addresses, a followed service keeps the ones it has.
+        let followed = service_targets.or_else(|| {
+            spec.service.as_ref().map(|_| {
+                self.targets()
+                    .iter()
+                    .filter(|t| !t.backup && !old.targets.iter().any(|s| s.address == t.address))
+                    .map(|t| t.address.clone())
+                    .collect()
+            })
+        });
+        self.set_targets(&spec, followed);
         self.cfg.store(Arc::new(spec));
     }
 
@@ -332,7 +342,14 @@ pub fn start(spec: BalancerSpec, sd: Option<StateDir>) -> Result<Handle> {
         }
         None => None,
     };
-    let lb = Balancer::new(spec, access);
+    let followed = match (&spec.service, &sd) {
+        (Some(svc), Some(sd)) => Some(service_addresses(sd, svc)),
+        _ => None,
+    };
+    let lb = Balancer::new(spec.clone(), access);
+    if followed.is_some() {
+        lb.set_targets(&spec, followed);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let lb2 = lb.clone();
     let thread = std::thread::Builder::new()
@@ -432,19 +449,7 @@ async fn active_checks(
         if let (Some(svc), Some(sd)) = (&cfg.service, &sd) {
             if now >= follow_at {
                 follow_at = now + Duration::from_millis(250);
-                let addrs = sd
-                    .read_status(svc)
-                    .ok()
-                    .flatten()
-                    .map(|st| {
-                        st.replicas
-                            .iter()
-                            .filter(|r| r.state == "running")
-                            .map(|r| format!("127.0.0.1:{}", r.port))
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default();
-                lb.set_targets(&cfg, Some(addrs));
+                lb.set_targets(&cfg, Some(service_addresses(sd, svc)));
             }
         }
         let active = &cfg.healthchecks.active;
@@ -472,6 +477,21 @@ async fn active_checks(
             });
         }
     }
+}
+
+/// The followed service's running replicas, from the status the agent publishes.
+fn service_addresses(sd: &StateDir, svc: &str) -> Vec<String> {
+    sd.read_status(svc)
+        .ok()
+        .flatten()
+        .map(|st| {
+            st.replicas
+                .iter()
+                .filter(|r| r.state == "running")
+                .map(|r| format!("127.0.0.1:{}", r.port))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 async fn probe(addr: &str, cfg: &BalancerSpec) -> Outcome {

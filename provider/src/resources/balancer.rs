@@ -1,0 +1,615 @@
+//! `localdr_balancer`: an HTTP load balancer run by the agent, in front of a
+//! `localdr_service` pool (followed as it scales) or static targets.
+//!
+//! Like `localdr_service`: the provider writes the spec, makes sure an agent runs, and
+//! waits until the balancer listens (a port in use is an apply error). Read writes the
+//! spec back (a hand edit is a diff; a deleted spec recreates the resource) and sets
+//! `ensure_running = false` when the balancer is not listening.
+
+use super::util::{blocking, known};
+use crate::provider::Shared;
+use crate::schema::{boolean, number, string};
+use async_trait::async_trait;
+use localdr::runtime::control::{self, AgentMode};
+use localdr::spec::{self, BalancerSpec, RateLimit, Target};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tf_provider::schema::{
+    AttributeConstraint::{Computed, Optional, OptionalComputed, Required},
+    Block, Description, NestedBlock, Schema,
+};
+use tf_provider::value::{self, Value, ValueEmpty};
+use tf_provider::{map, AttributePath, Diagnostics, Resource};
+
+type S = Value<String>;
+type N = Value<i64>;
+type B = Value<bool>;
+
+const ALGORITHMS: [&str; 3] = ["round-robin", "least-connections", "random-two-choices"];
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct TargetBlock {
+    pub address: S,
+    pub weight: N,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct RateLimitBlock {
+    pub requests_per_minute: N,
+    pub burst: N,
+    pub by: S,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct BalancerState {
+    pub id: S,
+    pub name: S,
+    pub listen: S,
+    pub admin_listen: S,
+    pub service: S,
+    pub target: Value<Vec<Value<TargetBlock>>>,
+    pub backup_target: Value<Vec<Value<TargetBlock>>>,
+    pub algorithm: S,
+    pub retries: N,
+    #[serde(with = "value::serde_as_vec")]
+    pub rate_limit: Value<RateLimitBlock>,
+    pub ensure_running: B,
+    pub admin_address: S,
+}
+
+pub struct BalancerResource {
+    shared: Arc<Shared>,
+}
+
+impl BalancerResource {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        BalancerResource { shared }
+    }
+}
+
+fn v<T>(x: T) -> Value<T> {
+    Value::Value(x)
+}
+
+fn fill<T: Clone>(slot: &mut Value<T>, d: T) {
+    if slot.is_null() {
+        *slot = Value::Value(d);
+    }
+}
+
+fn apply_defaults(s: &mut BalancerState) {
+    fill(&mut s.listen, "127.0.0.1:8080".into());
+    fill(&mut s.admin_listen, "127.0.0.1:0".into());
+    fill(&mut s.algorithm, "round-robin".into());
+    fill(&mut s.retries, 5);
+    fill(&mut s.ensure_running, true);
+    for list in [&mut s.target, &mut s.backup_target] {
+        if let Value::Value(l) = list {
+            for t in l.iter_mut() {
+                if let Value::Value(t) = t {
+                    fill(&mut t.weight, 1);
+                }
+            }
+        }
+    }
+    if let Value::Value(r) = &mut s.rate_limit {
+        let rpm = known(&r.requests_per_minute).unwrap_or(60);
+        fill(&mut r.burst, (rpm / 6).max(1));
+        fill(&mut r.by, "ip".into());
+    }
+}
+
+fn targets(l: &Value<Vec<Value<TargetBlock>>>) -> Result<Vec<Target>, String> {
+    known(l)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| {
+            let t = known(&t).ok_or("a target is not known yet")?;
+            Ok(Target {
+                address: known(&t.address).ok_or("target.address is not known yet")?,
+                weight: u32::try_from(known(&t.weight).unwrap_or(1))
+                    .map_err(|_| "weight must be 0 or more")?,
+            })
+        })
+        .collect()
+}
+
+fn to_spec(s: &BalancerState) -> Result<BalancerSpec, String> {
+    let k = |x: &S, what: &str| known(x).ok_or_else(|| format!("{what} is not known yet"));
+    Ok(BalancerSpec {
+        api_version: spec::API_VERSION,
+        name: k(&s.name, "name")?,
+        listen: k(&s.listen, "listen")?,
+        service: known(&s.service),
+        targets: targets(&s.target)?,
+        backup_targets: targets(&s.backup_target)?,
+        algorithm: k(&s.algorithm, "algorithm")?,
+        healthchecks: Default::default(),
+        retries: u32::try_from(known(&s.retries).unwrap_or(5))
+            .map_err(|_| "retries must be 0 or more")?,
+        timeouts: Default::default(),
+        rate_limit: match &s.rate_limit {
+            Value::Value(r) => Some(RateLimit {
+                requests_per_minute: u32::try_from(known(&r.requests_per_minute).unwrap_or(60))
+                    .map_err(|_| "requests_per_minute must be positive")?,
+                burst: u32::try_from(known(&r.burst).unwrap_or(10))
+                    .map_err(|_| "burst must be positive")?,
+                by: known(&r.by).unwrap_or_else(|| "ip".into()),
+            }),
+            _ => None,
+        },
+        admin_listen: k(&s.admin_listen, "admin_listen")?,
+    })
+}
+
+fn from_spec(state: &mut BalancerState, sp: &BalancerSpec) {
+    let tl =
+        |ts: &[Target], prior: &Value<Vec<Value<TargetBlock>>>| -> Value<Vec<Value<TargetBlock>>> {
+            if ts.is_empty() && !matches!(prior, Value::Value(_)) {
+                return Value::Null;
+            }
+            v(ts.iter()
+                .map(|t| {
+                    v(TargetBlock {
+                        address: v(t.address.clone()),
+                        weight: v(t.weight as i64),
+                    })
+                })
+                .collect())
+        };
+    state.id = v(sp.name.clone());
+    state.name = v(sp.name.clone());
+    state.listen = v(sp.listen.clone());
+    state.admin_listen = v(sp.admin_listen.clone());
+    state.service = sp.service.clone().into();
+    state.target = tl(&sp.targets, &state.target);
+    state.backup_target = tl(&sp.backup_targets, &state.backup_target);
+    state.algorithm = v(sp.algorithm.clone());
+    state.retries = v(sp.retries as i64);
+    state.rate_limit = match &sp.rate_limit {
+        None => Value::Null,
+        Some(r) => v(RateLimitBlock {
+            requests_per_minute: v(r.requests_per_minute as i64),
+            burst: v(r.burst as i64),
+            by: v(r.by.clone()),
+        }),
+    };
+}
+
+fn check_config(diags: &mut Diagnostics, c: &BalancerState) {
+    if let Value::Value(n) = &c.name {
+        if let Err(e) = localdr::naming::validate_name(n) {
+            diags.error("Invalid name", format!("{e}."), AttributePath::new("name"));
+        }
+    }
+    if let Value::Value(a) = &c.algorithm {
+        if !ALGORITHMS.contains(&a.as_str()) {
+            diags.error(
+                "Invalid algorithm",
+                format!(
+                    "unknown algorithm {a:?}: use one of {}.",
+                    ALGORITHMS.join(", ")
+                ),
+                AttributePath::new("algorithm"),
+            );
+        }
+    }
+    for (k, l) in [("target", &c.target), ("backup_target", &c.backup_target)] {
+        if let Value::Value(l) = l {
+            for (i, t) in l.iter().enumerate() {
+                let Value::Value(t) = t else { continue };
+                let at = AttributePath::new(k).index(i as i64);
+                if let Value::Value(w) = &t.weight {
+                    if *w < 0 {
+                        diags.error(
+                            "Invalid weight",
+                            format!("weight must be 0 or more; got {w}."),
+                            at.clone().attribute("weight"),
+                        );
+                    }
+                }
+                if let Value::Value(a) = &t.address {
+                    if a.parse::<std::net::SocketAddr>().is_err() {
+                        diags.error(
+                            "Invalid address",
+                            format!(
+                                "address {a:?} must be host:port with an IP, e.g. 127.0.0.1:8081."
+                            ),
+                            at.attribute("address"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let no_targets =
+        matches!(&c.target, Value::Null) || matches!(&c.target, Value::Value(l) if l.is_empty());
+    if no_targets && c.service.is_null() {
+        diags.error(
+            "No targets",
+            "Set `service` (a localdr_service name to follow) or at least one `target` block.",
+            AttributePath::new("target"),
+        );
+    }
+    for (k, x) in [("listen", &c.listen), ("admin_listen", &c.admin_listen)] {
+        if let Value::Value(a) = x {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                diags.error(
+                    format!("Invalid {k}"),
+                    format!("{k} {a:?} must be ip:port, e.g. 127.0.0.1:8080."),
+                    AttributePath::new(k),
+                );
+            }
+        }
+    }
+    if let Value::Value(r) = &c.retries {
+        if *r < 0 {
+            diags.error(
+                "Invalid retries",
+                format!("retries must be 0 or more; got {r}."),
+                AttributePath::new("retries"),
+            );
+        }
+    }
+    if let Value::Value(r) = &c.rate_limit {
+        let at = AttributePath::new("rate_limit").index(0);
+        for (k, x) in [
+            ("requests_per_minute", &r.requests_per_minute),
+            ("burst", &r.burst),
+        ] {
+            if let Value::Value(n) = x {
+                if *n < 1 {
+                    diags.error(
+                        format!("Invalid {k}"),
+                        format!("{k} must be 1 or more; got {n}."),
+                        at.clone().attribute(k),
+                    );
+                }
+            }
+        }
+        if let Value::Value(by) = &r.by {
+            if by != "ip" && !by.starts_with("header:") {
+                diags.error(
+                    "Invalid by",
+                    format!("by must be \"ip\" or \"header:<name>\"; got {by:?}."),
+                    at.attribute("by"),
+                );
+            }
+        }
+    }
+}
+
+impl BalancerResource {
+    /// A listen port held by something other than this balancer is a plan error.
+    fn check_port(&self, diags: &mut Diagnostics, s: &BalancerState) {
+        let (Some(listen), Some(name)) = (known(&s.listen), known(&s.name)) else {
+            return;
+        };
+        let sd = self.shared.state_dir();
+        let ours = sd
+            .read_balancer_status(&name)
+            .ok()
+            .flatten()
+            .and_then(|st| st.listening)
+            .is_some_and(|l| l == listen)
+            && sd.agent_running();
+        if ours {
+            return;
+        }
+        if let Err(e) = std::net::TcpListener::bind(&listen) {
+            diags.error(
+                "Listen address in use",
+                format!("cannot listen on {listen}: {e}. Choose a free port for `listen`."),
+                AttributePath::new("listen"),
+            );
+        }
+    }
+
+    async fn apply(
+        &self,
+        diags: &mut Diagnostics,
+        planned: BalancerState,
+    ) -> Option<BalancerState> {
+        let mut state = planned;
+        let sp = match to_spec(&state) {
+            Ok(s) => s,
+            Err(e) => {
+                diags.root_error("Invalid balancer configuration", e);
+                return None;
+            }
+        };
+        let mode = self.shared.agent_mode();
+        let exe = self.shared.localdr_exe();
+        let sd = self.shared.state_dir();
+        let name = sp.name.clone();
+        let r = blocking(move || {
+            let exe = if mode == "external" { None } else { exe.ok() };
+            let m = match &exe {
+                Some(e) => AgentMode::Auto { exe: e },
+                None => AgentMode::External,
+            };
+            let hash = sd.write_balancer(&sp)?;
+            let start = Instant::now();
+            loop {
+                control::ensure_agent(&sd, &m)?;
+                if let Some(st) = sd.read_balancer_status(&sp.name)? {
+                    if st.spec_hash == hash {
+                        if let Some(e) = st.error {
+                            anyhow::bail!("{e}");
+                        }
+                        if st.listening.is_some() {
+                            return Ok(st);
+                        }
+                    }
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    anyhow::bail!(
+                        "the agent did not start balancer {} within 30 s; see {}",
+                        sp.name,
+                        sd.logs_dir().join("agent.log").display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await;
+        match r {
+            Ok(st) => {
+                state.admin_address = st.admin.into();
+                state.ensure_running = v(true);
+                Some(state)
+            }
+            Err(e) => {
+                diags.root_error(format!("Balancer {name} is not running"), e);
+                state.admin_address = v(String::new());
+                state.ensure_running = v(false);
+                Some(state)
+            }
+        }
+    }
+}
+
+fn target_block(desc: &str) -> Block {
+    Block {
+        version: 1,
+        description: Description::plain(desc),
+        attributes: map! {
+            "address" => string(Required, "ip:port of the target."),
+            "weight" => number(OptionalComputed, "Relative share of requests (round-robin) or of load (least-connections). Default 1; 0 takes no traffic.")
+        },
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl Resource for BalancerResource {
+    type State<'a> = BalancerState;
+    type PrivateState<'a> = ValueEmpty;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        Some(Schema {
+            version: 1,
+            block: Block {
+                version: 1,
+                description: Description::plain("An HTTP load balancer run by the localdr agent: weighted round-robin, least-connections or two random choices; Kong-style active and passive health checks (the seed's defaults) with Envoy-style ejection; retries; a backup pool; per-client rate limits; request ids; an admin API with Prometheus metrics."),
+                attributes: map! {
+                    "id" => string(Computed, "The name."),
+                    "name" => string(Required, "Balancer name. Changing it forces a new resource."),
+                    "listen" => string(OptionalComputed, "ip:port to accept requests on. Default `127.0.0.1:8080`."),
+                    "admin_listen" => string(OptionalComputed, "ip:port of the admin API (`/status`, `/targets`, `/health`, `/metrics`). Default `127.0.0.1:0` (any free loopback port; see `admin_address`)."),
+                    "service" => string(Optional, "A localdr_service name: its running replicas are targets (weight 1), followed as it scales."),
+                    "algorithm" => string(OptionalComputed, "`round-robin` (weights honoured; default), `least-connections` or `random-two-choices`."),
+                    "retries" => number(OptionalComputed, "Attempts on other targets after a failure (idempotent requests, or when nothing was sent). Default 5."),
+                    "ensure_running" => boolean(OptionalComputed, "Read sets this to false when the balancer is not listening; apply then repairs. Default true."),
+                    "admin_address" => string(Computed, "Where the admin API listens.")
+                },
+                blocks: map! {
+                    "target" => NestedBlock::List(target_block("A target.")),
+                    "backup_target" => NestedBlock::List(target_block("Used only when every primary target is down.")),
+                    "rate_limit" => NestedBlock::Optional(Block {
+                        version: 1,
+                        description: Description::plain("Per-client token bucket: over the limit, 429 with Retry-After."),
+                        attributes: map! {
+                            "requests_per_minute" => number(Required, "Sustained rate per client."),
+                            "burst" => number(OptionalComputed, "Requests a client may make at once. Default requests_per_minute / 6."),
+                            "by" => string(OptionalComputed, "`ip` (default) or `header:<name>`.")
+                        },
+                        ..Default::default()
+                    })
+                },
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        check_config(diags, &config);
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        state: Self::State<'a>,
+        private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let mut state = state;
+        let name = known(&state.name).or_else(|| known(&state.id))?;
+        let sd = self.shared.state_dir();
+        let (sp, hash) = match sd.read_balancer(&name) {
+            Ok(Some(x)) => x,
+            Ok(None) => return None,
+            Err(e) => {
+                diags.root_warning(
+                    format!("Balancer {name}: spec file unreadable"),
+                    format!("{e:#}. `terraform apply` will write it again."),
+                );
+                return None;
+            }
+        };
+        from_spec(&mut state, &sp);
+        let st = sd.read_balancer_status(&name).ok().flatten();
+        let why = if !sd.agent_running() {
+            Some(format!(
+                "no localdr agent is running on {}",
+                sd.root().display()
+            ))
+        } else {
+            match &st {
+                None => Some("the agent publishes no status for it".to_string()),
+                Some(s) if s.spec_hash != hash => {
+                    Some("the agent is not running the spec on disk".into())
+                }
+                Some(s) if s.error.is_some() => s.error.clone(),
+                Some(s) if s.listening.is_none() => Some("it is not listening".into()),
+                _ => None,
+            }
+        };
+        state.admin_address = v(st.and_then(|s| s.admin).unwrap_or_default());
+        match why {
+            None => state.ensure_running = v(true),
+            Some(w) => {
+                state.ensure_running = v(false);
+                diags.warning(
+                    "Balancer not running as declared",
+                    format!("{name}: {w}. `terraform apply` will repair it."),
+                    AttributePath::new("ensure_running"),
+                );
+            }
+        }
+        Some((state, private_state))
+    }
+
+    async fn plan_create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        proposed_state: Self::State<'a>,
+        config_state: Self::State<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        check_config(diags, &config_state);
+        let mut planned = proposed_state;
+        apply_defaults(&mut planned);
+        self.check_port(diags, &planned);
+        planned.id = planned.name.clone();
+        planned.admin_address = Value::Unknown;
+        Some((planned, ValueEmpty::default()))
+    }
+
+    async fn plan_update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        proposed_state: Self::State<'a>,
+        config_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
+        check_config(diags, &config_state);
+        // From the configuration, not the proposal: an attribute left out means its
+        // default, so a hand edit of it in the spec shows as a diff (the proposal would
+        // carry the edited value from state).
+        let _ = proposed_state;
+        let mut planned = config_state.clone();
+        apply_defaults(&mut planned);
+        if planned.listen != prior_state.listen {
+            self.check_port(diags, &planned);
+        }
+        let mut replace = Vec::new();
+        if planned.name != prior_state.name {
+            replace.push(AttributePath::new("name"));
+        }
+        planned.id = planned.name.clone();
+        let mut a = planned.clone();
+        a.admin_address = Value::Null;
+        let mut b = prior_state.clone();
+        b.admin_address = Value::Null;
+        planned.admin_address = if a != b {
+            Value::Unknown
+        } else {
+            prior_state.admin_address.clone()
+        };
+        Some((planned, prior_private_state, replace))
+    }
+
+    async fn plan_destroy<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::PrivateState<'a>> {
+        Some(prior_private_state)
+    }
+
+    async fn create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let s = self.apply(diags, planned_state).await?;
+        Some((s, planned_private_state))
+    }
+
+    async fn update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        planned_state: Self::State<'a>,
+        _config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let s = self.apply(diags, planned_state).await?;
+        Some((s, planned_private_state))
+    }
+
+    async fn destroy<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        state: Self::State<'a>,
+        _planned_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<()> {
+        let name = known(&state.name)?;
+        let sd = self.shared.state_dir();
+        let r = blocking(move || {
+            sd.remove_balancer(&name)?;
+            let start = Instant::now();
+            while sd.agent_running() && sd.balancer_status_path(&name).exists() {
+                if start.elapsed() > Duration::from_secs(40) {
+                    anyhow::bail!("the agent did not stop balancer {name} within 40 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = r {
+            diags.root_error("Could not stop the balancer", e);
+            return None;
+        }
+        Some(())
+    }
+
+    async fn import<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        id: String,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        Some((
+            BalancerState {
+                id: v(id.clone()),
+                name: v(id),
+                ..Default::default()
+            },
+            ValueEmpty::default(),
+        ))
+    }
+}

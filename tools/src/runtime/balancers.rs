@@ -1,0 +1,168 @@
+//! The agent's side of balancers: start one per `balancers/<name>.json`, reload it when
+//! the spec changes (a listen address change rebinds; anything else swaps in place with no
+//! dropped request), stop it when the spec goes, and publish its status.
+
+use super::balancer::{self, admin, Handle};
+use crate::spec::{BalancerSpec, BalancerStatus};
+use crate::statedir::{self, StateDir};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+struct Running {
+    hash: String,
+    spec: BalancerSpec,
+    handle: Option<Handle>,
+    error: Option<String>,
+    published: Option<BalancerStatus>,
+}
+
+#[derive(Default)]
+pub struct Balancers {
+    running: BTreeMap<String, Running>,
+    next_publish: Option<Instant>,
+}
+
+impl Balancers {
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    pub fn tick(&mut self, sd: &StateDir) {
+        let names = sd.balancer_names().unwrap_or_default();
+        for name in &names {
+            let path = sd.balancer_path(name);
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let hash = statedir::hash(&bytes);
+            if self.running.get(name).is_some_and(|r| r.hash == hash) {
+                continue;
+            }
+            let spec: BalancerSpec = match serde_json::from_slice(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("ignoring balancer spec {}: {e}", path.display());
+                    let prev = self.running.remove(name);
+                    self.running.insert(
+                        name.clone(),
+                        Running {
+                            hash,
+                            spec: prev
+                                .as_ref()
+                                .map(|p| p.spec.clone())
+                                .unwrap_or_else(|| placeholder(name)),
+                            handle: prev.and_then(|mut p| p.handle.take()),
+                            error: Some(format!("invalid spec: {e}")),
+                            published: None,
+                        },
+                    );
+                    continue;
+                }
+            };
+            let prev = self.running.remove(name);
+            let mut handle = prev.and_then(|mut p| p.handle.take());
+            let same_sockets = handle.as_ref().is_some_and(|h| {
+                let old = h.lb.config();
+                old.listen == spec.listen && old.admin_listen == spec.admin_listen
+            });
+            let mut error = None;
+            if same_sockets {
+                tracing::info!(balancer = %name, "reloading in place");
+                handle
+                    .as_ref()
+                    .expect("checked")
+                    .lb
+                    .reload(spec.clone(), None);
+            } else {
+                if let Some(h) = handle.take() {
+                    h.stop();
+                }
+                match balancer::start(spec.clone(), Some(sd.clone())) {
+                    Ok(h) => handle = Some(h),
+                    Err(e) => {
+                        tracing::error!(balancer = %name, "{e:#}");
+                        error = Some(format!("{e:#}"));
+                    }
+                }
+            }
+            self.running.insert(
+                name.clone(),
+                Running {
+                    hash,
+                    spec,
+                    handle,
+                    error,
+                    published: None,
+                },
+            );
+            self.next_publish = None;
+        }
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|n| !names.contains(n))
+            .cloned()
+            .collect();
+        for n in gone {
+            if let Some(mut r) = self.running.remove(&n) {
+                if let Some(h) = r.handle.take() {
+                    h.stop();
+                }
+                tracing::info!(balancer = %n, "balancer removed");
+            }
+            let _ = std::fs::remove_file(sd.balancer_status_path(&n));
+        }
+        let now = Instant::now();
+        if self.next_publish.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_publish = Some(now + Duration::from_millis(500));
+        for (name, r) in self.running.iter_mut() {
+            let st = BalancerStatus {
+                name: name.clone(),
+                spec_hash: r.hash.clone(),
+                listening: r.handle.as_ref().map(|h| h.listen.to_string()),
+                admin: r.handle.as_ref().map(|h| h.admin.to_string()),
+                error: r.error.clone(),
+                targets: r
+                    .handle
+                    .as_ref()
+                    .map(|h| admin::targets_json(&h.lb))
+                    .unwrap_or(serde_json::Value::Null),
+            };
+            if r.published.as_ref() != Some(&st) {
+                let p = sd.balancer_status_path(name);
+                let _ = std::fs::create_dir_all(p.parent().expect("status dir"));
+                if crate::atomic::write_json(&p, &st).is_ok() {
+                    r.published = Some(st);
+                }
+            }
+        }
+    }
+
+    pub fn stop_all(&mut self, sd: &StateDir) {
+        for (n, mut r) in std::mem::take(&mut self.running) {
+            if let Some(h) = r.handle.take() {
+                h.stop();
+            }
+            let _ = std::fs::remove_file(sd.balancer_status_path(&n));
+        }
+    }
+}
+
+fn placeholder(name: &str) -> BalancerSpec {
+    BalancerSpec {
+        api_version: crate::spec::API_VERSION,
+        name: name.to_string(),
+        listen: String::new(),
+        service: None,
+        targets: vec![],
+        backup_targets: vec![],
+        algorithm: "round-robin".into(),
+        healthchecks: Default::default(),
+        retries: 0,
+        timeouts: Default::default(),
+        rate_limit: None,
+        admin_listen: String::new(),
+    }
+}
