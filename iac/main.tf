@@ -108,3 +108,17 @@ resource "localdr_backup" "db" {
   rpo = "24h"
   rto = "5m"
 }
+
+# The web tier's front door: a health-checked load balancer over the pool, following it as
+# it scales; admin API (status, targets, Prometheus metrics) on a loopback port.
+resource "localdr_balancer" "web" {
+  name    = "web"
+  listen  = "127.0.0.1:${var.web_listen_port}"
+  service = localdr_service.web.name
+  retries = 5
+
+  rate_limit {
+    requests_per_minute = 6000
+    burst               = 500
+  }
+}

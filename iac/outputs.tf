@@ -21,3 +21,11 @@ output "web_endpoints" {
 output "db_snapshot_id" {
   value = one(localdr_backup.db[*].snapshot_id)
 }
+
+output "web_url" {
+  value = "http://${localdr_balancer.web.listen}/"
+}
+
+output "web_admin" {
+  value = localdr_balancer.web.admin_address
+}

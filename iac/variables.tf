@@ -55,3 +55,9 @@ variable "database" {
   })
   default = null
 }
+
+variable "web_listen_port" {
+  description = "The web tier's load balancer listens on 127.0.0.1:web_listen_port."
+  type        = number
+  default     = 18000
+}

@@ -100,6 +100,11 @@ if [ "$desired" -gt 0 ]; then
     printf '127.0.0.1:%s -> HTTP %s\n' "$port" "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")"
   done
 
+  step "9b. the load balancer in front of the pool"
+  for i in 1 2 3 4 5 6; do curl -s -D - -o /dev/null "http://127.0.0.1:18000/" | grep -i '^x-request-id' | tr -d '\r' | sed "s/^/request $i: /"; done
+  curl -s "http://$("$TF" output -raw web_admin)/targets"; echo
+  curl -s "http://$("$TF" output -raw web_admin)/metrics" | grep -E '^localdr_requests_total'
+
   step "10. chaos: kill -9 replica 1; the agent restarts it"
   localdr chaos kill --state-dir .localdr --service web --replica 1
   sleep 1
