@@ -283,3 +283,31 @@ fn hot_reload_of_weights_under_traffic_drops_nothing() {
     assert_eq!(failed, 0, "{failed} of {n} requests failed during reloads");
     h.stop();
 }
+
+/// The drill: `localdr loadgen` running GETs through the balancer while one target
+/// is killed with SIGKILL; retries hide it completely.
+#[test]
+fn loadgen_sees_no_failure_when_a_target_is_killed() {
+    let mut ws: Vec<Worker> = (0..3).map(|_| Worker::start(free_port())).collect();
+    let ports: Vec<(u16, u32)> = ws.iter().map(|w| (w.port, 1)).collect();
+    let h = balancer::start(spec(&ports, &[]), None).unwrap();
+    let lg = Command::new(localdr_e2e::bin("localdr"))
+        .args([
+            "loadgen",
+            "--url",
+            &format!("http://127.0.0.1:{}/", h.listen.port()),
+        ])
+        .args(["--rps", "200", "--duration", "3s", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    ws[0].kill();
+    let out = lg.wait_with_output().unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("FIGURE loadgen through a kill -9: {s}");
+    assert!(s["requests"].as_u64().unwrap() > 300, "{s}");
+    assert_eq!(s["failed"], 0, "{s}");
+    assert_eq!(out.status.code(), Some(0));
+    h.stop();
+}

@@ -9,6 +9,7 @@ mod drift;
 mod drill;
 mod forget;
 mod list;
+mod loadgen;
 mod prune;
 mod restore;
 mod status;
@@ -55,6 +56,8 @@ pub enum Command {
     Drift(drift::DriftArgs),
     /// DR drill: restore the newest snapshot to a scratch target, check it, measure RTO/RPO.
     Drill(drill::DrillArgs),
+    /// Synthetic load: HTTP profiles (steady, ramp, spike) with a latency summary, or request files for a queue.
+    Loadgen(loadgen::LoadgenArgs),
     /// Run the agent that keeps worker pools running (foreground, --daemon, or `stop`).
     Agent(agent::AgentArgs),
     /// Show the agent and every service's replicas, health and restarts.
@@ -151,6 +154,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Prune(a) => prune::run(a),
         Command::Drift(a) => drift::run(a),
         Command::Drill(a) => drill::run(a),
+        Command::Loadgen(a) => loadgen::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Status(a) => status::run(a),
         Command::Chaos(a) => chaos::run(a),
