@@ -4,18 +4,11 @@
 
 use localdr::runtime::balancer;
 use localdr::spec::{BalancerSpec, Healthchecks, RateLimit, Target, Timeouts, API_VERSION};
+use localdr_e2e::free_port;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Worker {
     port: u16,

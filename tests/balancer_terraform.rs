@@ -3,49 +3,11 @@
 //! validation, and nothing left running after destroy.
 
 use localdr::statedir::StateDir;
-use localdr_e2e::{localdr, Tf, TfVersion};
+use localdr_e2e::{free_port, free_ports, Cleanup, Tf, TfVersion};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_ports(n: u16) -> u16 {
-    'outer: for _ in 0..200 {
-        let base = free_port();
-        if base > 65000 {
-            continue;
-        }
-        for p in base..base + n {
-            if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
-                continue 'outer;
-            }
-        }
-        return base;
-    }
-    panic!("no run of {n} free ports");
-}
-
-struct Cleanup(PathBuf);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = localdr(&[
-            "agent",
-            "stop",
-            "--state-dir",
-            self.0.to_str().unwrap(),
-            "--timeout",
-            "20s",
-        ]);
-    }
-}
 
 fn get(port: u16) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;

@@ -435,3 +435,59 @@ impl Drop for PgServer {
         .output();
     }
 }
+
+/// A free loopback port (picked at run time).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A base port with `n` consecutive free ports (picked at run time).
+pub fn free_ports(n: u16) -> u16 {
+    'outer: for _ in 0..200 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = l.local_addr().unwrap().port();
+        drop(l);
+        if base > 65000 {
+            continue;
+        }
+        for p in base..base + n {
+            if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
+                continue 'outer;
+            }
+        }
+        return base;
+    }
+    panic!("no run of {n} free ports");
+}
+
+/// Stops the agent and kills every worker its status names when the test ends, pass or fail.
+pub struct Cleanup(pub PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let sd = localdr::statedir::StateDir::new(&self.0);
+        let _ = localdr(&[
+            "agent",
+            "stop",
+            "--state-dir",
+            self.0.to_str().unwrap(),
+            "--timeout",
+            "20s",
+        ]);
+        for n in sd.status_names().unwrap_or_default() {
+            if let Ok(Some(st)) = sd.read_status(&n) {
+                for r in st.replicas {
+                    if let Some(pid) = r.pid {
+                        if localdr::runtime::process::is_same_process(pid, r.pid_start) {
+                            localdr::runtime::process::signal_group(pid, libc::SIGKILL);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -14,7 +14,7 @@ use localdr::runtime::control::{self, AgentMode};
 use localdr::spec::{self, BalancerSpec, RateLimit, Target};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tf_provider::schema::{
     AttributeConstraint::{Computed, Optional, OptionalComputed, Required},
     Block, Description, NestedBlock, Schema,
@@ -329,29 +329,7 @@ impl BalancerResource {
                 Some(e) => AgentMode::Auto { exe: e },
                 None => AgentMode::External,
             };
-            let hash = sd.write_balancer(&sp)?;
-            let start = Instant::now();
-            loop {
-                control::ensure_agent(&sd, &m)?;
-                if let Some(st) = sd.read_balancer_status(&sp.name)? {
-                    if st.spec_hash == hash {
-                        if let Some(e) = st.error {
-                            anyhow::bail!("{e}");
-                        }
-                        if st.listening.is_some() {
-                            return Ok(st);
-                        }
-                    }
-                }
-                if start.elapsed() > Duration::from_secs(30) {
-                    anyhow::bail!(
-                        "the agent did not start balancer {} within 30 s; see {}",
-                        sp.name,
-                        sd.logs_dir().join("agent.log").display()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            control::apply_balancer(&sd, &sp, Duration::from_secs(30), &m)
         })
         .await;
         match r {
@@ -579,18 +557,8 @@ impl Resource for BalancerResource {
     ) -> Option<()> {
         let name = known(&state.name)?;
         let sd = self.shared.state_dir();
-        let r = blocking(move || {
-            sd.remove_balancer(&name)?;
-            let start = Instant::now();
-            while sd.agent_running() && sd.balancer_status_path(&name).exists() {
-                if start.elapsed() > Duration::from_secs(40) {
-                    anyhow::bail!("the agent did not stop balancer {name} within 40 s");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Ok(())
-        })
-        .await;
+        let r =
+            blocking(move || control::remove_balancer(&sd, &name, Duration::from_secs(40))).await;
         if let Err(e) = r {
             diags.root_error("Could not stop the balancer", e);
             return None;

@@ -176,3 +176,48 @@ pub fn remove_service(sd: &StateDir, name: &str, timeout: Duration) -> Result<()
     }
     Ok(())
 }
+
+/// Write a balancer spec and wait until the agent listens with it (or says why not).
+pub fn apply_balancer(
+    sd: &StateDir,
+    spec: &crate::spec::BalancerSpec,
+    timeout: Duration,
+    mode: &AgentMode,
+) -> Result<crate::spec::BalancerStatus> {
+    let hash = sd.write_balancer(spec)?;
+    let start = Instant::now();
+    loop {
+        ensure_agent(sd, mode)?;
+        if let Some(st) = sd.read_balancer_status(&spec.name)? {
+            if st.spec_hash == hash {
+                if let Some(e) = st.error {
+                    bail!("{e}");
+                }
+                if st.listening.is_some() {
+                    return Ok(st);
+                }
+            }
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "the agent did not start balancer {} within {timeout:?}; see {}",
+                spec.name,
+                sd.logs_dir().join("agent.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Remove a balancer's spec and wait until the agent has stopped it.
+pub fn remove_balancer(sd: &StateDir, name: &str, timeout: Duration) -> Result<()> {
+    sd.remove_balancer(name)?;
+    let start = Instant::now();
+    while sd.agent_running() && sd.balancer_status_path(name).exists() {
+        if start.elapsed() > timeout {
+            bail!("the agent did not stop balancer {name} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
