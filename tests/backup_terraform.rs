@@ -419,15 +419,7 @@ fn scheduled_backups_run_in_the_agent_with_retention() {
         TfVersion::New,
         &format!(
             r#"
-terraform {{
-  required_providers {{
-    localdr = {{ source = "localdr/localdr" }}
-  }}
-}}
-provider "localdr" {{
-  state_dir = "{}"
-}}
-resource "localdr_backup" "data" {{
+{head}resource "localdr_backup" "data" {{
   name     = "data"
   path     = "${{path.root}}/data"
   vault    = "${{path.root}}/vault"
@@ -437,7 +429,7 @@ resource "localdr_backup" "data" {{
   }}
 }}
 "#,
-            sd.display()
+            head = localdr_e2e::terraform_head(Some(&sd))
         ),
     );
     struct StopAgent(std::path::PathBuf);

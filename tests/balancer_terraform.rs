@@ -29,15 +29,7 @@ fn port_of(body: &str) -> u16 {
 fn config(sd: &Path, base: u16, listen: u16, lb: &str) -> String {
     format!(
         r#"
-terraform {{
-  required_providers {{
-    localdr = {{ source = "localdr/localdr" }}
-  }}
-}}
-provider "localdr" {{
-  state_dir = "{sd}"
-}}
-resource "localdr_service" "web" {{
+{head}resource "localdr_service" "web" {{
   name      = "web"
   command   = ["{w}", "--port", "{{port}}"]
   replicas  = 3
@@ -53,7 +45,7 @@ resource "localdr_balancer" "lb" {{
   {lb}
 }}
 "#,
-        sd = sd.display(),
+        head = localdr_e2e::terraform_head(Some(sd)),
         w = env!("CARGO_BIN_EXE_localdr-test-worker"),
     )
 }
@@ -163,15 +155,7 @@ fn bad_balancer_input_is_a_plan_diagnostic() {
     let busy_port = busy.local_addr().unwrap().port();
     let body = format!(
         r#"
-terraform {{
-  required_providers {{
-    localdr = {{ source = "localdr/localdr" }}
-  }}
-}}
-provider "localdr" {{
-  state_dir = "{}"
-}}
-resource "localdr_balancer" "a" {{
+{head}resource "localdr_balancer" "a" {{
   name      = "a"
   listen    = "127.0.0.1:{}"
   algorithm = "fastest"
@@ -185,8 +169,8 @@ resource "localdr_balancer" "b" {{
   listen = "127.0.0.1:{busy_port}"
 }}
 "#,
-        sd.display(),
-        free_port()
+        free_port(),
+        head = localdr_e2e::terraform_head(Some(&sd)),
     );
     let tf = Tf::new(TfVersion::New, &body);
     tf.init();

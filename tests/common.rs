@@ -491,3 +491,18 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// The head of every test configuration: `required_providers` for localdr, and a provider
+/// block pointing at `state_dir` when one is given.
+pub fn terraform_head(state_dir: Option<&Path>) -> String {
+    let mut s = String::from(
+        "terraform {\n  required_providers {\n    localdr = { source = \"localdr/localdr\" }\n  }\n}\n",
+    );
+    if let Some(sd) = state_dir {
+        s.push_str(&format!(
+            "provider \"localdr\" {{\n  state_dir = \"{}\"\n}}\n",
+            sd.display()
+        ));
+    }
+    s
+}

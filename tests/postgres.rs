@@ -43,12 +43,7 @@ fn terraform_backup_then_restore_to_new_and_original_database() {
         TfVersion::New,
         &format!(
             r#"
-terraform {{
-  required_providers {{
-    localdr = {{ source = "localdr/localdr" }}
-  }}
-}}
-variable "password" {{
+{head}variable "password" {{
   type      = string
   sensitive = true
 }}
@@ -69,6 +64,7 @@ output "snapshot" {{
   value = localdr_backup.db.snapshot_id
 }}
 "#,
+            head = localdr_e2e::terraform_head(None),
             port = pg.port
         ),
     );
@@ -252,12 +248,7 @@ fn bad_connections_fail_at_plan_naming_the_attribute_without_the_password() {
         std::fs::write(tf_dir.join("terraform.tfvars"), format!("pw = \"{pw}\"\n")).unwrap();
         format!(
             r#"
-terraform {{
-  required_providers {{
-    localdr = {{ source = "localdr/localdr" }}
-  }}
-}}
-variable "pw" {{
+{head}variable "pw" {{
   type      = string
   sensitive = true
 }}
@@ -270,7 +261,8 @@ resource "localdr_backup" "db" {{
     password = var.pw
   }}
 }}
-"#
+"#,
+            head = localdr_e2e::terraform_head(None)
         )
     };
     std::fs::write(

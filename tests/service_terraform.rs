@@ -77,17 +77,9 @@ fn assert_nothing_left(sd: &Path, ports: std::ops::Range<u16>) {
 fn config(sd: &Path, body: &str) -> String {
     format!(
         r#"
-terraform {{
-  required_providers {{
-    localdr = {{ source = "localdr/localdr" }}
-  }}
-}}
-provider "localdr" {{
-  state_dir = "{}"
-}}
-{body}
+{head}{body}
 "#,
-        sd.display()
+        head = localdr_e2e::terraform_head(Some(sd))
     )
 }
 
