@@ -97,6 +97,9 @@ fn spec(targets: &[(u16, u32)], backups: &[u16]) -> BalancerSpec {
         },
         rate_limit: None,
         admin_listen: "127.0.0.1:0".into(),
+        mode: "http".into(),
+        queue: None,
+        slow_start: "0s".into(),
     }
 }
 

@@ -202,3 +202,320 @@ resource "localdr_balancer" "b" {{
     );
     drop(busy);
 }
+
+fn spec_json(sd: &Path, name: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(sd.join(format!("balancers/{name}.json"))).unwrap())
+        .unwrap()
+}
+
+fn tuned(weights: (u32, u32)) -> String {
+    format!(
+        r#"
+  target {{
+    address = localdr_service.web.endpoints[0]
+    weight  = {}
+  }}
+  target {{
+    address = localdr_service.web.endpoints[1]
+    weight  = {}
+  }}
+  slow_start = "2s"
+  healthchecks {{
+    active {{
+      http_path = "/health"
+      healthy {{
+        interval = "1s"
+      }}
+      unhealthy {{
+        interval      = "500ms"
+        http_statuses = [500, 503]
+      }}
+    }}
+    passive {{
+      unhealthy {{
+        http_failures = 3
+      }}
+    }}
+  }}
+  circuit_breaker {{
+    base_ejection_time = "10s"
+  }}
+  timeouts {{
+    read = "5s"
+  }}
+"#,
+        weights.0, weights.1
+    )
+}
+
+/// Health-check, circuit-breaker and timeout blocks reach the engine, a hand edit of them
+/// is drift, and changing weights under load (a hot reload) fails no request.
+#[test]
+fn tuning_blocks_and_hot_reload_under_load() {
+    let base = free_ports(3);
+    let listen = free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = tmp.path().join("state");
+    let tf = Tf::new(TfVersion::New, &config(&sd, base, listen, &tuned((1, 1))));
+    let _cleanup = Cleanup(sd.clone());
+    tf.init();
+    tf.apply();
+    tf.assert_empty_plan("after creating a tuned balancer");
+    let j = spec_json(&sd, "lb");
+    let hc = &j["healthchecks"];
+    assert_eq!(hc["active"]["http_path"], "/health", "{j}");
+    assert_eq!(hc["active"]["healthy"]["interval"], "1s");
+    assert_eq!(hc["active"]["healthy"]["successes"], 2, "default kept");
+    assert_eq!(hc["active"]["unhealthy"]["interval"], "500ms");
+    assert_eq!(
+        hc["active"]["unhealthy"]["http_statuses"],
+        serde_json::json!([500, 503])
+    );
+    assert_eq!(hc["passive"]["unhealthy"]["http_failures"], 3);
+    assert_eq!(hc["passive"]["unhealthy"]["timeouts"], 2, "default kept");
+    assert_eq!(hc["passive"]["base_ejection_time"], "10s");
+    assert_eq!(j["timeouts"]["read"], "5s");
+    assert_eq!(j["timeouts"]["connect"], "60s");
+    assert_eq!(j["slow_start"], "2s");
+
+    // A hand edit inside a nested block is drift.
+    let mut e = j.clone();
+    e["healthchecks"]["active"]["http_path"] = "/other".into();
+    std::fs::write(
+        sd.join("balancers/lb.json"),
+        serde_json::to_vec(&e).unwrap(),
+    )
+    .unwrap();
+    let p = tf.plan();
+    assert_eq!(p.code, 2, "{}", p.all());
+    assert!(
+        p.stdout.contains("\"/other\" -> \"/health\""),
+        "{}",
+        p.stdout
+    );
+    tf.apply();
+    tf.assert_empty_plan("after repairing the health checks");
+
+    // Hot reload: loadgen runs while two applies change the weights.
+    let lg = std::process::Command::new(localdr_e2e::bin("localdr"))
+        .args([
+            "loadgen",
+            "--url",
+            &format!("http://127.0.0.1:{listen}/"),
+            "--rps",
+            "200",
+            "--duration",
+            "8s",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for w in [(3, 1), (1, 3)] {
+        std::fs::write(
+            tf.path().join("main.tf"),
+            config(&sd, base, listen, &tuned(w)),
+        )
+        .unwrap();
+        tf.apply();
+        assert_eq!(spec_json(&sd, "lb")["targets"][0]["weight"], w.0);
+    }
+    let out = lg.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("FIGURE loadgen through two weight reloads: {s}");
+    assert!(s["requests"].as_u64().unwrap() > 1000, "{s}");
+    assert_eq!(s["failed"], 0, "requests failed during the reloads: {s}");
+    tf.assert_empty_plan("after the reloads");
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+}
+
+fn queue_config(sd: &Path, base: u16, root: &Path, extra: &str) -> String {
+    format!(
+        r#"
+{head}resource "localdr_service" "work" {{
+  name      = "work"
+  command   = ["{w}", "--port", "{{port}}"]
+  replicas  = 2
+  base_port = {base}
+}}
+resource "localdr_balancer" "jobs" {{
+  name    = "jobs"
+  mode    = "queue"
+  service = localdr_service.work.name
+  queue {{
+    incoming_dir = "{root}/incoming"
+    workers_dir  = "{root}/workers"
+    errors_dir   = "{root}/errors"
+    command      = ["{w}", "process", "--fail-every", "5", "{{file}}"]
+    {extra}
+  }}
+}}
+"#,
+        head = localdr_e2e::terraform_head(Some(sd)),
+        w = env!("CARGO_BIN_EXE_localdr-test-worker"),
+        root = root.display(),
+    )
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn queue_mode(v: TfVersion) {
+    let base = free_ports(2);
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = tmp.path().join("state");
+    let root = tmp.path().join("q");
+    let tf = Tf::new(v, &queue_config(&sd, base, &root, ""));
+    let _cleanup = Cleanup(sd.clone());
+    tf.init();
+    tf.apply();
+    tf.assert_empty_plan("after creating the queue");
+    let r = localdr_e2e::localdr(&[
+        "loadgen",
+        "--queue-dir",
+        root.join("incoming").to_str().unwrap(),
+        "--files",
+        "20",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let processed = || {
+        ["work-0", "work-1"]
+            .iter()
+            .map(|w| count_files(&root.join("workers").join(w).join("processed")))
+            .sum::<usize>()
+    };
+    let start = std::time::Instant::now();
+    while processed() < 16 || count_files(&root.join("errors")) < 8 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "processed {}, errors {:?}",
+            processed(),
+            std::fs::read_dir(root.join("errors")).map(|r| r.count())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // 16 processed, 4 failed (each with its reason), both workers used, logs written.
+    assert_eq!(processed(), 16);
+    assert_eq!(count_files(&root.join("errors")), 8, "4 items + 4 reasons");
+    let logs = sd.join("logs/jobs-queue");
+    assert!(logs.join("load_work-0.jsonl").exists() && logs.join("load_work-1.jsonl").exists());
+
+    // A hand edit of the queue settings is drift; apply repairs.
+    let mut j = spec_json(&sd, "jobs");
+    j["queue"]["poll_interval"] = "1m".into();
+    std::fs::write(
+        sd.join("balancers/jobs.json"),
+        serde_json::to_vec(&j).unwrap(),
+    )
+    .unwrap();
+    let p = tf.plan();
+    assert_eq!(p.code, 2, "{}", p.all());
+    assert!(p.stdout.contains("\"1m\" -> \"5s\""), "{}", p.stdout);
+    tf.apply();
+    tf.assert_empty_plan("after repairing the queue spec");
+
+    // A dead agent shows; apply brings the dispatcher back and it drains new files.
+    let pid = StateDir::new(&sd).agent_info().unwrap().unwrap().pid;
+    localdr::runtime::process::signal_pid(pid, libc::SIGKILL).unwrap();
+    let start = std::time::Instant::now();
+    while StateDir::new(&sd).agent_running() {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let p = tf.plan();
+    assert_eq!(p.code, 2, "{}", p.all());
+    tf.apply();
+    tf.assert_empty_plan("after the repair");
+    std::fs::write(root.join("incoming/late_000001.json"), "{}").unwrap();
+    let start = std::time::Instant::now();
+    while processed() < 17 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "late file not processed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+}
+
+localdr_e2e::both_terraforms!(queue_mode);
+
+#[test]
+fn bad_tuning_and_queue_input_is_a_plan_diagnostic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = tmp.path().join("state");
+    let body = format!(
+        r#"
+{head}resource "localdr_balancer" "a" {{
+  name       = "a"
+  listen     = "127.0.0.1:{}"
+  slow_start = "soon"
+  target {{
+    address = "127.0.0.1:1"
+  }}
+  healthchecks {{
+    active {{
+      type = "udp"
+      healthy {{
+        http_statuses = [200, 700]
+      }}
+    }}
+  }}
+  circuit_breaker {{
+    max_ejection_percent = 150
+  }}
+}}
+resource "localdr_balancer" "b" {{
+  name   = "b"
+  mode   = "queue"
+  target {{
+    address = "127.0.0.1:1"
+  }}
+}}
+resource "localdr_balancer" "c" {{
+  name   = "c"
+  mode   = "queue"
+  target {{
+    address = "127.0.0.1:1"
+  }}
+  queue {{
+    incoming_dir = "relative/in"
+    workers_dir  = "/tmp/w"
+    errors_dir   = "/tmp/e"
+  }}
+}}
+"#,
+        free_port(),
+        head = localdr_e2e::terraform_head(Some(&sd)),
+    );
+    let tf = Tf::new(TfVersion::New, &body);
+    tf.init();
+    let p = tf.run(&["plan", "-no-color"]);
+    assert_eq!(p.code, 1, "{}", p.all());
+    let flat = p.stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "type must be \"http\" or \"tcp\"; got \"udp\"",
+        "700 is not an HTTP status",
+        "must be between 0 and 100; got 150",
+        "Invalid slow_start",
+        "mode = \"queue\" needs a queue block",
+        "incoming_dir must be an absolute path",
+        "with localdr_balancer.c, on main.tf",
+    ] {
+        assert!(flat.contains(want), "missing {want:?} in {flat}");
+    }
+}

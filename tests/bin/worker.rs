@@ -2,6 +2,10 @@
 //! `/health` with 200, `/sleep?ms=N` after N ms (to hold a request in flight), and with
 //! `--crash` exits 3 at once (a replica that crashes at start). HTTP/1.1 keep-alive, one
 //! thread per connection, std only.
+//!
+//! `process [--ledger F] [--fail-every N] [--sleep-ms MS] FILE` is a queue command: it
+//! works MS ms, then fails (exit 1) when the number at the end of FILE's name is a
+//! multiple of N, else appends `<name> <worker>` to the ledger (fsynced) and exits 0.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -9,6 +13,9 @@ use std::time::Duration;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("process") {
+        process(&args[2..]);
+    }
     if args.iter().any(|a| a == "--crash") {
         eprintln!("worker: crashing at start as asked");
         std::process::exit(3);
@@ -69,4 +76,49 @@ fn serve(s: TcpStream, port: u16) {
             return;
         }
     }
+}
+
+fn process(args: &[String]) -> ! {
+    let opt = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let file = std::path::PathBuf::from(args.last().expect("FILE"));
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+    let ms: u64 = opt("--sleep-ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(ms));
+    if std::fs::read(&file).is_err() {
+        eprintln!("worker: cannot read {}", file.display());
+        std::process::exit(2);
+    }
+    let digits: String = name
+        .trim_end_matches(".json")
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let n: u64 = digits.parse().unwrap_or(1);
+    if let Some(every) = opt("--fail-every").and_then(|v| v.parse::<u64>().ok()) {
+        if n.is_multiple_of(every) {
+            eprintln!("worker: item {n} fails, as every {every}th does");
+            std::process::exit(1);
+        }
+    }
+    if let Some(ledger) = opt("--ledger") {
+        let worker = std::env::var("LOCALDR_WORKER").unwrap_or_default();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(ledger)
+            .expect("ledger");
+        f.write_all(format!("{name} {worker}\n").as_bytes())
+            .and_then(|_| f.sync_data())
+            .expect("ledger write");
+    }
+    std::process::exit(0)
 }

@@ -493,6 +493,46 @@ pub struct BalancerSpec {
     pub rate_limit: Option<RateLimit>,
     /// Admin API (`/status`, `/targets`, `/health`, `/metrics`): loopback only.
     pub admin_listen: String,
+    /// `http` (a load balancer) or `queue` (a file-queue dispatcher, see [`QueueSpec`]).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Queue mode only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSpec>,
+    /// A re-admitted target's weight ramps from 10% to full over this long (Envoy's
+    /// slow start); `0s` turns it off.
+    #[serde(default = "default_slow_start")]
+    pub slow_start: String,
+}
+
+fn default_mode() -> String {
+    "http".into()
+}
+
+fn default_slow_start() -> String {
+    "0s".into()
+}
+
+/// Queue mode: files dropped in `incoming_dir` go, one at a time and round-robin over the
+/// healthy workers, into `<workers_dir>/<worker>/` (claimed by a rename, so a file is
+/// always in exactly one place). With a `command`, the dispatcher runs it on the file and
+/// files the outcome: `<worker>/processed/` on exit 0, `errors_dir` with a reason file
+/// otherwise. Without one, the worker consumes its directory itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    pub incoming_dir: String,
+    pub workers_dir: String,
+    pub errors_dir: String,
+    /// Per-worker JSON-lines logs (`load_<worker>.jsonl`).
+    pub log_dir: String,
+    /// A full scan this often; inotify wakes the dispatcher sooner where it works.
+    pub poll_interval: String,
+    /// argv; `{file}` is replaced by the item's path (appended when absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// A command running longer is killed and its item filed as an error.
+    pub timeout: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -630,6 +670,16 @@ pub struct BalancerStatus {
     /// Why it is not running (e.g. the port is in use).
     pub error: Option<String>,
     pub targets: serde_json::Value,
+    /// Queue mode: what the dispatcher is doing (workers, counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<serde_json::Value>,
+}
+
+impl BalancerStatus {
+    /// Serving: listening (HTTP mode) or dispatching (queue mode), with no error.
+    pub fn running(&self) -> bool {
+        self.error.is_none() && (self.listening.is_some() || self.queue.is_some())
+    }
 }
 
 /// A backup the agent takes on a cron schedule: the policy itself stays in the vault.

@@ -6,6 +6,9 @@
 //! spec back (a hand edit is a diff; a deleted spec recreates the resource) and sets
 //! `ensure_running = false` when the balancer is not listening.
 
+use super::balancer_blocks::{
+    self as blocks, CircuitBreakerBlock, HealthchecksBlock, QueueBlock, TimeoutsBlock,
+};
 use super::util::{blocking, known};
 use crate::provider::Shared;
 use crate::schema::{boolean, number, string};
@@ -27,6 +30,7 @@ type N = Value<i64>;
 type B = Value<bool>;
 
 const ALGORITHMS: [&str; 3] = ["round-robin", "least-connections", "random-two-choices"];
+const MODES: [&str; 2] = ["http", "queue"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct TargetBlock {
@@ -54,6 +58,16 @@ pub struct BalancerState {
     pub retries: N,
     #[serde(with = "value::serde_as_vec")]
     pub rate_limit: Value<RateLimitBlock>,
+    pub mode: S,
+    pub slow_start: S,
+    #[serde(with = "value::serde_as_vec")]
+    pub healthchecks: Value<HealthchecksBlock>,
+    #[serde(with = "value::serde_as_vec")]
+    pub circuit_breaker: Value<CircuitBreakerBlock>,
+    #[serde(with = "value::serde_as_vec")]
+    pub timeouts: Value<TimeoutsBlock>,
+    #[serde(with = "value::serde_as_vec")]
+    pub queue: Value<QueueBlock>,
     pub ensure_running: B,
     pub admin_address: S,
 }
@@ -78,7 +92,20 @@ fn fill<T: Clone>(slot: &mut Value<T>, d: T) {
     }
 }
 
-fn apply_defaults(s: &mut BalancerState) {
+/// Defaults for what the configuration leaves out; `state_dir` places the queue's logs.
+fn apply_defaults(s: &mut BalancerState, state_dir: &std::path::Path) {
+    fill(&mut s.mode, "http".into());
+    fill(&mut s.slow_start, "0s".into());
+    let log_dir = state_dir
+        .join("logs")
+        .join(format!("{}-queue", known(&s.name).unwrap_or_default()));
+    blocks::defaults(
+        &mut s.healthchecks,
+        &mut s.circuit_breaker,
+        &mut s.timeouts,
+        &mut s.queue,
+        &log_dir.display().to_string(),
+    );
     fill(&mut s.listen, "127.0.0.1:8080".into());
     fill(&mut s.admin_listen, "127.0.0.1:0".into());
     fill(&mut s.algorithm, "round-robin".into());
@@ -125,10 +152,10 @@ fn to_spec(s: &BalancerState) -> Result<BalancerSpec, String> {
         targets: targets(&s.target)?,
         backup_targets: targets(&s.backup_target)?,
         algorithm: k(&s.algorithm, "algorithm")?,
-        healthchecks: Default::default(),
+        healthchecks: blocks::healthchecks(&s.healthchecks, &s.circuit_breaker),
         retries: u32::try_from(known(&s.retries).unwrap_or(5))
             .map_err(|_| "retries must be 0 or more")?,
-        timeouts: Default::default(),
+        timeouts: blocks::timeouts(&s.timeouts),
         rate_limit: match &s.rate_limit {
             Value::Value(r) => Some(RateLimit {
                 requests_per_minute: u32::try_from(known(&r.requests_per_minute).unwrap_or(60))
@@ -140,6 +167,9 @@ fn to_spec(s: &BalancerState) -> Result<BalancerSpec, String> {
             _ => None,
         },
         admin_listen: k(&s.admin_listen, "admin_listen")?,
+        mode: known(&s.mode).unwrap_or_else(|| "http".into()),
+        queue: blocks::queue(&s.queue)?,
+        slow_start: known(&s.slow_start).unwrap_or_else(|| "0s".into()),
     })
 }
 
@@ -175,6 +205,15 @@ fn from_spec(state: &mut BalancerState, sp: &BalancerSpec) {
             by: v(r.by.clone()),
         }),
     };
+    state.mode = v(sp.mode.clone());
+    state.slow_start = v(sp.slow_start.clone());
+    blocks::from_spec(
+        &mut state.healthchecks,
+        &mut state.circuit_breaker,
+        &mut state.timeouts,
+        &mut state.queue,
+        sp,
+    );
 }
 
 fn check_config(diags: &mut Diagnostics, c: &BalancerState) {
@@ -192,6 +231,48 @@ fn check_config(diags: &mut Diagnostics, c: &BalancerState) {
                     ALGORITHMS.join(", ")
                 ),
                 AttributePath::new("algorithm"),
+            );
+        }
+    }
+    if let Value::Value(m) = &c.mode {
+        if !MODES.contains(&m.as_str()) {
+            diags.error(
+                "Invalid mode",
+                format!("unknown mode {m:?}: use \"http\" or \"queue\"."),
+                AttributePath::new("mode"),
+            );
+        }
+    }
+    let queue_mode = matches!(&c.mode, Value::Value(m) if m == "queue");
+    if queue_mode && c.queue.is_null() {
+        diags.error(
+            "Missing queue block",
+            "mode = \"queue\" needs a queue block with incoming_dir, workers_dir and errors_dir.",
+            AttributePath::new("queue"),
+        );
+    }
+    if matches!(&c.mode, Value::Value(m) if m == "http") || c.mode.is_null() {
+        if let Value::Value(_) = &c.queue {
+            diags.error(
+                "Queue block without queue mode",
+                "The queue block is used only with mode = \"queue\": set mode, or remove the block.",
+                AttributePath::new("queue"),
+            );
+        }
+    }
+    blocks::check(
+        diags,
+        &c.healthchecks,
+        &c.circuit_breaker,
+        &c.timeouts,
+        &c.queue,
+    );
+    if let Value::Value(d) = &c.slow_start {
+        if let Err(e) = localdr::duration::parse(d) {
+            diags.error(
+                "Invalid slow_start",
+                format!("{e:#}. Use a duration such as 0s or 30s."),
+                AttributePath::new("slow_start"),
             );
         }
     }
@@ -286,6 +367,9 @@ impl BalancerResource {
         let (Some(listen), Some(name)) = (known(&s.listen), known(&s.name)) else {
             return;
         };
+        if known(&s.mode).as_deref() == Some("queue") {
+            return;
+        }
         let sd = self.shared.state_dir();
         let ours = sd
             .read_balancer_status(&name)
@@ -348,6 +432,18 @@ impl BalancerResource {
     }
 }
 
+/// The resource's own blocks plus the tuning ones (`healthchecks`, `queue`, …).
+fn with_tuning_blocks(
+    mut m: std::collections::HashMap<String, NestedBlock>,
+) -> std::collections::HashMap<String, NestedBlock> {
+    m.extend(
+        blocks::schemas()
+            .into_iter()
+            .map(|(k, b)| (k.to_string(), b)),
+    );
+    m
+}
+
 fn target_block(desc: &str) -> Block {
     Block {
         version: 1,
@@ -381,9 +477,11 @@ impl Resource for BalancerResource {
                     "algorithm" => string(OptionalComputed, "`round-robin` (weights honoured; default), `least-connections` or `random-two-choices`."),
                     "retries" => number(OptionalComputed, "Attempts on other targets after a failure (idempotent requests, or when nothing was sent). Default 5."),
                     "ensure_running" => boolean(OptionalComputed, "Read sets this to false when the balancer is not listening; apply then repairs. Default true."),
-                    "admin_address" => string(Computed, "Where the admin API listens.")
+                    "admin_address" => string(Computed, "Where the admin API listens."),
+                    "mode" => string(OptionalComputed, "`http` (default): a load balancer; `queue`: a file-queue dispatcher (see the queue block). Changing it forces a new resource."),
+                    "slow_start" => string(OptionalComputed, "A re-admitted target's weight ramps from 10% to full over this long. Default 0s (off).")
                 },
-                blocks: map! {
+                blocks: with_tuning_blocks(map! {
                     "target" => NestedBlock::List(target_block("A target.")),
                     "backup_target" => NestedBlock::List(target_block("Used only when every primary target is down.")),
                     "rate_limit" => NestedBlock::Optional(Block {
@@ -396,7 +494,7 @@ impl Resource for BalancerResource {
                         },
                         ..Default::default()
                     })
-                },
+                }),
                 ..Default::default()
             },
         })
@@ -442,7 +540,11 @@ impl Resource for BalancerResource {
                     Some("the agent is not running the spec on disk".into())
                 }
                 Some(s) if s.error.is_some() => s.error.clone(),
-                Some(s) if s.listening.is_none() => Some("it is not listening".into()),
+                Some(s) if !s.running() => Some(if sp.mode == "queue" {
+                    "its dispatcher is not running".into()
+                } else {
+                    "it is not listening".into()
+                }),
                 _ => None,
             }
         };
@@ -470,7 +572,7 @@ impl Resource for BalancerResource {
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
         check_config(diags, &config_state);
         let mut planned = proposed_state;
-        apply_defaults(&mut planned);
+        apply_defaults(&mut planned, self.shared.state_dir().root());
         self.check_port(diags, &planned);
         planned.id = planned.name.clone();
         planned.admin_address = Value::Unknown;
@@ -492,13 +594,16 @@ impl Resource for BalancerResource {
         // carry the edited value from state).
         let _ = proposed_state;
         let mut planned = config_state.clone();
-        apply_defaults(&mut planned);
+        apply_defaults(&mut planned, self.shared.state_dir().root());
         if planned.listen != prior_state.listen {
             self.check_port(diags, &planned);
         }
         let mut replace = Vec::new();
         if planned.name != prior_state.name {
             replace.push(AttributePath::new("name"));
+        }
+        if planned.mode != prior_state.mode {
+            replace.push(AttributePath::new("mode"));
         }
         planned.id = planned.name.clone();
         let mut a = planned.clone();

@@ -1,4 +1,5 @@
 pub mod backup;
 pub mod balancer;
+mod balancer_blocks;
 pub mod service;
 mod util;

@@ -17,7 +17,7 @@ mod verify;
 
 use crate::vault::retention::Retention;
 use crate::vault::Vault;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -66,6 +66,12 @@ pub enum Command {
     Chaos(chaos::ChaosArgs),
     /// Replica-hours and cost per service from the agent's event log, with schedule savings.
     Cost(cost::CostArgs),
+    /// Internal: run one queue item's command for the agent and record its outcome.
+    #[command(hide = true)]
+    QueueExec {
+        /// The job, as JSON.
+        job: String,
+    },
 }
 
 /// `--state-dir` as the agent-related subcommands take it.
@@ -159,6 +165,12 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Status(a) => status::run(a),
         Command::Chaos(a) => chaos::run(a),
         Command::Cost(a) => cost::run(a),
+        Command::QueueExec { job } => {
+            let job: crate::runtime::queue::exec::Job =
+                serde_json::from_str(&job).context("queue-exec: bad job")?;
+            crate::runtime::queue::exec::run(&job)?;
+            Ok(0)
+        }
     }
 }
 

@@ -3,15 +3,63 @@
 //! dropped request), stop it when the spec goes, and publish its status.
 
 use super::balancer::{self, admin, Handle};
+use super::queue::{self, QueueHandle};
 use crate::spec::{BalancerSpec, BalancerStatus};
 use crate::statedir::{self, StateDir};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// What runs for a spec: an HTTP balancer or a queue dispatcher.
+enum Runner {
+    Http(Handle),
+    Queue(QueueHandle),
+}
+
+impl Runner {
+    fn stop(self) {
+        match self {
+            Runner::Http(h) => h.stop(),
+            Runner::Queue(q) => q.stop(),
+        }
+    }
+
+    /// Can `spec` replace the running one in place (same sockets or directories)?
+    fn reloads(&self, spec: &BalancerSpec) -> bool {
+        match self {
+            Runner::Http(h) => {
+                let old = h.lb.config();
+                spec.mode == "http"
+                    && old.listen == spec.listen
+                    && old.admin_listen == spec.admin_listen
+            }
+            Runner::Queue(q) => spec.mode == "queue" && queue::same_dirs(&q.config(), spec),
+        }
+    }
+
+    fn reload(&self, spec: BalancerSpec) {
+        match self {
+            Runner::Http(h) => h.lb.reload(spec, None),
+            Runner::Queue(q) => q.reload(spec),
+        }
+    }
+}
+
+fn start(spec: &BalancerSpec, sd: &StateDir) -> anyhow::Result<Runner> {
+    if spec.mode == "queue" {
+        let exe = std::env::current_exe()?;
+        Ok(Runner::Queue(queue::start(spec.clone(), sd.clone(), exe)?))
+    } else {
+        Ok(Runner::Http(balancer::start(
+            spec.clone(),
+            Some(sd.clone()),
+        )?))
+    }
+}
+
 struct Running {
     hash: String,
     spec: BalancerSpec,
-    handle: Option<Handle>,
+    handle: Option<Runner>,
     error: Option<String>,
     published: Option<BalancerStatus>,
 }
@@ -61,23 +109,16 @@ impl Balancers {
             };
             let prev = self.running.remove(name);
             let mut handle = prev.and_then(|mut p| p.handle.take());
-            let same_sockets = handle.as_ref().is_some_and(|h| {
-                let old = h.lb.config();
-                old.listen == spec.listen && old.admin_listen == spec.admin_listen
-            });
+            let in_place = handle.as_ref().is_some_and(|h| h.reloads(&spec));
             let mut error = None;
-            if same_sockets {
+            if in_place {
                 tracing::info!(balancer = %name, "reloading in place");
-                handle
-                    .as_ref()
-                    .expect("checked")
-                    .lb
-                    .reload(spec.clone(), None);
+                handle.as_ref().expect("checked").reload(spec.clone());
             } else {
                 if let Some(h) = handle.take() {
                     h.stop();
                 }
-                match balancer::start(spec.clone(), Some(sd.clone())) {
+                match start(&spec, sd) {
                     Ok(h) => handle = Some(h),
                     Err(e) => {
                         tracing::error!(balancer = %name, "{e:#}");
@@ -118,17 +159,28 @@ impl Balancers {
         }
         self.next_publish = Some(now + Duration::from_millis(500));
         for (name, r) in self.running.iter_mut() {
+            let (http, q) = match &r.handle {
+                Some(Runner::Http(h)) => (Some(h), None),
+                Some(Runner::Queue(q)) => (None, Some(q)),
+                None => (None, None),
+            };
+            let qs = q.map(|q| q.status());
+            let error = r.error.clone().or_else(|| {
+                qs.as_ref()
+                    .and_then(|s| s.get("error"))
+                    .and_then(|e| e.as_str())
+                    .map(str::to_string)
+            });
             let st = BalancerStatus {
                 name: name.clone(),
                 spec_hash: r.hash.clone(),
-                listening: r.handle.as_ref().map(|h| h.listen.to_string()),
-                admin: r.handle.as_ref().map(|h| h.admin.to_string()),
-                error: r.error.clone(),
-                targets: r
-                    .handle
-                    .as_ref()
+                listening: http.map(|h| h.listen.to_string()),
+                admin: http.map(|h| h.admin.to_string()),
+                error,
+                targets: http
                     .map(|h| admin::targets_json(&h.lb))
                     .unwrap_or(serde_json::Value::Null),
+                queue: qs,
             };
             if r.published.as_ref() != Some(&st) {
                 let p = sd.balancer_status_path(name);
@@ -164,5 +216,8 @@ fn placeholder(name: &str) -> BalancerSpec {
         timeouts: Default::default(),
         rate_limit: None,
         admin_listen: String::new(),
+        mode: "http".into(),
+        queue: None,
+        slow_start: "0s".into(),
     }
 }

@@ -177,7 +177,8 @@ pub fn remove_service(sd: &StateDir, name: &str, timeout: Duration) -> Result<()
     Ok(())
 }
 
-/// Write a balancer spec and wait until the agent listens with it (or says why not).
+/// Write a balancer spec and wait until the agent runs it — listening, or dispatching in
+/// queue mode — or says why not.
 pub fn apply_balancer(
     sd: &StateDir,
     spec: &crate::spec::BalancerSpec,
@@ -193,7 +194,7 @@ pub fn apply_balancer(
                 if let Some(e) = st.error {
                     bail!("{e}");
                 }
-                if st.listening.is_some() {
+                if st.running() {
                     return Ok(st);
                 }
             }

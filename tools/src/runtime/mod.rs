@@ -11,6 +11,7 @@ pub mod events;
 pub mod health;
 pub mod load;
 pub mod process;
+pub mod queue;
 pub mod restart;
 pub mod schedule;
 pub mod supervisor;

@@ -49,6 +49,8 @@ pub struct Balancer {
     pub client: Client<HttpConnector, proxy::Body>,
     pub metrics: Metrics,
     counter: AtomicU64,
+    /// `slow_start`, parsed once per reload (read on every pick).
+    slow_start_ms: AtomicU64,
     access: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
 }
 
@@ -74,6 +76,7 @@ impl Balancer {
             client,
             metrics: Metrics::default(),
             counter: AtomicU64::new(0),
+            slow_start_ms: AtomicU64::new(slow_ms(&spec)),
             access: Mutex::new(access_log.map(std::io::BufWriter::new)),
         });
         lb.set_targets(&spec, None);
@@ -117,6 +120,7 @@ impl Balancer {
             })
         });
         self.set_targets(&spec, followed);
+        self.slow_start_ms.store(slow_ms(&spec), Ordering::Relaxed);
         self.cfg.store(Arc::new(spec));
     }
 
@@ -173,7 +177,7 @@ impl Balancer {
     pub fn choose(&self, tried: &[String]) -> Option<Arc<TargetState>> {
         let now = Instant::now();
         let targets = self.targets();
-        let slow = Duration::from_secs(0);
+        let slow = Duration::from_millis(self.slow_start_ms.load(Ordering::Relaxed));
         let pick_from = |backup: bool, only_available: bool, fresh: bool| {
             let c: Vec<(Arc<TargetState>, u32)> = targets
                 .iter()
@@ -283,6 +287,12 @@ impl Balancer {
             }
         }
     }
+}
+
+fn slow_ms(spec: &BalancerSpec) -> u64 {
+    crate::duration::parse(&spec.slow_start)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 /// A running balancer: its thread, and how to reload or stop it.
