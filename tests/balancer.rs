@@ -100,6 +100,7 @@ fn spec(targets: &[(u16, u32)], backups: &[u16]) -> BalancerSpec {
         mode: "http".into(),
         queue: None,
         slow_start: "0s".into(),
+        access_log: true,
     }
 }
 

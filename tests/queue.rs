@@ -120,6 +120,7 @@ fn queue_spec(
             timeout: "30s".into(),
         }),
         slow_start: "0s".into(),
+        access_log: true,
     }
 }
 

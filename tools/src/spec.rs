@@ -503,6 +503,13 @@ pub struct BalancerSpec {
     /// slow start); `0s` turns it off.
     #[serde(default = "default_slow_start")]
     pub slow_start: String,
+    /// JSON-lines access log in `logs/<name>-access.log` (on by default).
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_mode() -> String {

@@ -60,6 +60,7 @@ pub struct BalancerState {
     pub rate_limit: Value<RateLimitBlock>,
     pub mode: S,
     pub slow_start: S,
+    pub access_log: B,
     #[serde(with = "value::serde_as_vec")]
     pub healthchecks: Value<HealthchecksBlock>,
     #[serde(with = "value::serde_as_vec")]
@@ -96,6 +97,7 @@ fn fill<T: Clone>(slot: &mut Value<T>, d: T) {
 fn apply_defaults(s: &mut BalancerState, state_dir: &std::path::Path) {
     fill(&mut s.mode, "http".into());
     fill(&mut s.slow_start, "0s".into());
+    fill(&mut s.access_log, true);
     let log_dir = state_dir
         .join("logs")
         .join(format!("{}-queue", known(&s.name).unwrap_or_default()));
@@ -170,6 +172,7 @@ fn to_spec(s: &BalancerState) -> Result<BalancerSpec, String> {
         mode: known(&s.mode).unwrap_or_else(|| "http".into()),
         queue: blocks::queue(&s.queue)?,
         slow_start: known(&s.slow_start).unwrap_or_else(|| "0s".into()),
+        access_log: known(&s.access_log).unwrap_or(true),
     })
 }
 
@@ -207,6 +210,7 @@ fn from_spec(state: &mut BalancerState, sp: &BalancerSpec) {
     };
     state.mode = v(sp.mode.clone());
     state.slow_start = v(sp.slow_start.clone());
+    state.access_log = v(sp.access_log);
     blocks::from_spec(
         &mut state.healthchecks,
         &mut state.circuit_breaker,
@@ -479,6 +483,7 @@ impl Resource for BalancerResource {
                     "ensure_running" => boolean(OptionalComputed, "Read sets this to false when the balancer is not listening; apply then repairs. Default true."),
                     "admin_address" => string(Computed, "Where the admin API listens."),
                     "mode" => string(OptionalComputed, "`http` (default): a load balancer; `queue`: a file-queue dispatcher (see the queue block). Changing it forces a new resource."),
+                    "access_log" => boolean(OptionalComputed, "JSON-lines access log (request id, target, status, latency, retries) in <state_dir>/logs/<name>-access.log. Default true."),
                     "slow_start" => string(OptionalComputed, "A re-admitted target's weight ramps from 10% to full over this long. Default 0s (off).")
                 },
                 blocks: with_tuning_blocks(map! {

@@ -31,6 +31,7 @@ impl Runner {
                 spec.mode == "http"
                     && old.listen == spec.listen
                     && old.admin_listen == spec.admin_listen
+                    && old.access_log == spec.access_log
             }
             Runner::Queue(q) => spec.mode == "queue" && queue::same_dirs(&q.config(), spec),
         }
@@ -219,5 +220,6 @@ fn placeholder(name: &str) -> BalancerSpec {
         mode: "http".into(),
         queue: None,
         slow_start: "0s".into(),
+        access_log: true,
     }
 }

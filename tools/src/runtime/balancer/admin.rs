@@ -3,8 +3,7 @@
 
 use super::proxy::Body;
 use super::{Balancer, BUCKETS};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::fmt::Write;
@@ -13,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    let mut r = Response::new(super::proxy::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         "content-type",

@@ -27,6 +27,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use targets::{Outcome, TargetState};
 
+thread_local! {
+    static CANDIDATES: std::cell::RefCell<Vec<(Arc<TargetState>, u32)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Our pid, read once (`getpid` is a system call, and request ids use it).
+static PID: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| std::process::id() as u64);
+
 /// Latency histogram bucket bounds in seconds (Prometheus `le`).
 pub const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
@@ -178,15 +186,26 @@ impl Balancer {
         let now = Instant::now();
         let targets = self.targets();
         let slow = Duration::from_millis(self.slow_start_ms.load(Ordering::Relaxed));
+        let picker = self.picker.load();
         let pick_from = |backup: bool, only_available: bool, fresh: bool| {
-            let c: Vec<(Arc<TargetState>, u32)> = targets
-                .iter()
-                .filter(|t| t.backup == backup && (!only_available || proxy::usable(t, now)))
-                .filter(|t| !t.draining.load(Ordering::Relaxed))
-                .filter(|t| !fresh || !tried.contains(&t.address))
-                .map(|t| (t.clone(), t.effective_weight(now, slow)))
-                .collect();
-            self.picker.load().pick(&c)
+            // One candidate list per thread, reused: no allocation per request.
+            CANDIDATES.with(|c| {
+                let mut c = c.borrow_mut();
+                c.clear();
+                c.extend(
+                    targets
+                        .iter()
+                        .filter(|t| {
+                            t.backup == backup && (!only_available || proxy::usable(t, now))
+                        })
+                        .filter(|t| !t.draining.load(Ordering::Relaxed))
+                        .filter(|t| !fresh || !tried.contains(&t.address))
+                        .map(|t| (t.clone(), t.effective_weight(now, slow))),
+                );
+                let r = picker.pick(&c);
+                c.clear();
+                r
+            })
         };
         pick_from(false, true, true)
             .or_else(|| pick_from(true, true, true))
@@ -197,9 +216,12 @@ impl Balancer {
     }
 
     /// Count a live request's outcome (passive health).
-    pub fn observe(&self, t: &TargetState, o: Outcome) {
-        let cfg = self.config();
+    pub fn observe(&self, t: &TargetState, o: Outcome, cfg: &BalancerSpec) {
         let now = Instant::now();
+        if o == Outcome::Success {
+            t.record_passive(o, &cfg.healthchecks, now, true);
+            return;
+        }
         let targets = self.targets();
         let primaries = targets.iter().filter(|x| !x.backup).count().max(1);
         let ejected = targets
@@ -231,11 +253,7 @@ impl Balancer {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        format!(
-            "{:016x}{:08x}",
-            t ^ (std::process::id() as u64) << 32,
-            n as u32
-        )
+        format!("{:016x}{:08x}", t ^ (*PID << 32), n as u32)
     }
 
     pub fn next_jitter(&self) -> u64 {
@@ -341,7 +359,7 @@ pub fn start(spec: BalancerSpec, sd: Option<StateDir>) -> Result<Handle> {
     let listen_addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let access = match &sd {
-        Some(sd) => {
+        Some(sd) if spec.access_log => {
             std::fs::create_dir_all(sd.logs_dir())?;
             Some(
                 std::fs::OpenOptions::new()
@@ -350,7 +368,7 @@ pub fn start(spec: BalancerSpec, sd: Option<StateDir>) -> Result<Handle> {
                     .open(sd.logs_dir().join(format!("{}-access.log", spec.name)))?,
             )
         }
-        None => None,
+        _ => None,
     };
     let followed = match (&spec.service, &sd) {
         (Some(svc), Some(sd)) => Some(service_addresses(sd, svc)),
@@ -411,7 +429,11 @@ async fn serve(
                 let guard = conns.clone();
                 tokio::spawn(async move {
                     let _guard = guard;
-                    let svc = hyper::service::service_fn(move |req| proxy::handle(lb.clone(), req, peer));
+                    let ip = hyper::header::HeaderValue::from_str(&peer.ip().to_string())
+                        .unwrap_or(hyper::header::HeaderValue::from_static("unknown"));
+                    let svc = hyper::service::service_fn(move |req| {
+                        proxy::handle(lb.clone(), req, peer, ip.clone())
+                    });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
                         .serve_connection(TokioIo::new(s), svc);

@@ -3,13 +3,14 @@
 //! loaded of two picked at random, as Envoy and Finagle do).
 
 use super::targets::TargetState;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 
 pub struct Picker {
     algorithm: String,
-    /// Smooth WRR current weights, by address.
-    current: Mutex<std::collections::HashMap<String, i64>>,
+    /// Serializes a smooth-WRR round (the running weights live on the targets).
+    round: Mutex<()>,
     seed: std::sync::atomic::AtomicU64,
 }
 
@@ -17,7 +18,7 @@ impl Picker {
     pub fn new(algorithm: &str) -> Picker {
         Picker {
             algorithm: algorithm.to_string(),
-            current: Mutex::new(Default::default()),
+            round: Mutex::new(()),
             seed: std::sync::atomic::AtomicU64::new(0x9E37_79B9_7F4A_7C15),
         }
     }
@@ -48,20 +49,17 @@ impl Picker {
                 })
             }
             _ => {
-                let mut cur = self.current.lock().expect("picker lock");
+                let _round = self.round.lock().expect("picker lock");
                 let total: i64 = cands.iter().map(|c| c.1 as i64).sum();
                 let mut best: Option<(usize, i64)> = None;
                 for (i, (t, w)) in cands.iter().enumerate() {
-                    let c = cur.entry(t.address.clone()).or_insert(0);
-                    *c += *w as i64;
-                    if best.is_none_or(|(_, b)| *c > b) {
-                        best = Some((i, *c));
+                    let c = t.wrr_current.fetch_add(*w as i64, Ordering::Relaxed) + *w as i64;
+                    if best.is_none_or(|(_, b)| c > b) {
+                        best = Some((i, c));
                     }
                 }
                 let (i, _) = best?;
-                if let Some(c) = cur.get_mut(&cands[i].0.address) {
-                    *c -= total;
-                }
+                cands[i].0.wrr_current.fetch_sub(total, Ordering::Relaxed);
                 Some(cands[i].0.clone())
             }
         }

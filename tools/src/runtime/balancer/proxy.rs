@@ -4,25 +4,69 @@
 //! Bodies stream both ways. A request body of up to 64 KiB is kept in memory so the
 //! request can be retried; a bigger one streams straight through and is retried only when
 //! the connection to the target could not even be made (nothing was sent).
+//!
+//! This is the hot path: no per-request parsing of what can be parsed once (target
+//! authorities, the client's address), no boxed bodies, headers cloned rather than
+//! rebuilt.
 
 use super::targets::{Outcome, TargetState};
 use super::Balancer;
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::http::uri::{self, Scheme};
+use hyper::{Request, Response, StatusCode, Uri};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// A body the balancer sends: bytes it made (or buffered), or one it streams through.
+pub enum Body {
+    Full(Option<Bytes>),
+    Incoming(Incoming),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            Body::Incoming(i) => Pin::new(i).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+            Body::Incoming(i) => i.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Incoming(i) => i.size_hint(),
+        }
+    }
+}
 
 const RETRY_BODY_LIMIT: u64 = 64 * 1024;
 
-fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Body::Full(Some(b.into()))
 }
 
 fn simple(status: StatusCode, msg: &str) -> Response<Body> {
@@ -34,19 +78,19 @@ fn simple(status: StatusCode, msg: &str) -> Response<Body> {
 }
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "upgrade"
-    )
-}
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 fn idempotent(m: &hyper::Method) -> bool {
     matches!(
@@ -69,15 +113,17 @@ pub async fn handle(
     lb: Arc<Balancer>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    peer_ip: HeaderValue,
 ) -> Result<Response<Body>, hyper::Error> {
     let start = Instant::now();
     let cfg = lb.config();
     let request_id = req
         .headers()
-        .get("x-request-id")
+        .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| lb.next_request_id());
+    let rid = HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-"));
 
     if let Some(guard) = lb.limiter() {
         let rl = guard
@@ -99,16 +145,13 @@ pub async fn handle(
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             r.headers_mut()
                 .insert("retry-after", HeaderValue::from(secs));
-            r.headers_mut().insert(
-                "x-request-id",
-                HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-")),
-            );
+            r.headers_mut().insert(&X_REQUEST_ID, rid.clone());
             lb.finish(&request_id, &peer, "-", 429, start, 0);
             return Ok(r);
         }
     }
 
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let small = parts
         .headers
         .get("content-length")
@@ -117,7 +160,9 @@ pub async fn handle(
         .is_some_and(|n| n <= RETRY_BODY_LIMIT)
         || (parts.headers.get("content-length").is_none()
             && parts.headers.get("transfer-encoding").is_none());
-    let mut body = if small {
+    let mut body = if hyper::body::Body::is_end_stream(&body) {
+        ReqBody::Buffered(Bytes::new())
+    } else if small {
         match body.collect().await {
             Ok(b) => ReqBody::Buffered(b.to_bytes()),
             Err(_) => {
@@ -131,19 +176,27 @@ pub async fn handle(
         ReqBody::Stream(Some(body))
     };
     let safe_to_repeat = idempotent(&parts.method) && matches!(body, ReqBody::Buffered(_));
+    // What every attempt sends: the client's headers without the hop-by-hop ones, plus
+    // X-Forwarded-For and the request id.
     let xff = match parts
         .headers
-        .get("x-forwarded-for")
+        .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.ip())).unwrap_or(peer_ip),
+        None => peer_ip,
     };
+    let mut headers = std::mem::take(&mut parts.headers);
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.insert(&X_FORWARDED_FOR, xff);
+    headers.insert(&X_REQUEST_ID, rid.clone());
     let path = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+        .cloned()
+        .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
 
     let mut tried: Vec<String> = Vec::new();
     let mut retries = 0u32;
@@ -159,25 +212,22 @@ pub async fn handle(
         let upstream_body = match &mut body {
             ReqBody::Buffered(b) => full(b.clone()),
             ReqBody::Stream(s) => match s.take() {
-                Some(b) => b.boxed(),
+                Some(b) => Body::Incoming(b),
                 None => full(Bytes::new()),
             },
         };
-        let mut up = Request::builder()
-            .method(parts.method.clone())
-            .uri(format!("http://{}{}", target.address, path))
-            .version(hyper::Version::HTTP_11);
-        for (k, v) in parts.headers.iter() {
-            if !hop_by_hop(k) && k != "x-forwarded-for" && k != "x-request-id" {
-                up = up.header(k, v);
-            }
+        let mut up = Request::new(upstream_body);
+        *up.method_mut() = parts.method.clone();
+        *up.version_mut() = hyper::Version::HTTP_11;
+        *up.headers_mut() = headers.clone();
+        let mut u = uri::Parts::default();
+        u.scheme = Some(Scheme::HTTP);
+        u.authority = Some(target.authority.clone());
+        u.path_and_query = Some(path.clone());
+        match Uri::from_parts(u) {
+            Ok(u) => *up.uri_mut() = u,
+            Err(_) => return Ok(simple(StatusCode::BAD_REQUEST, "invalid request")),
         }
-        up = up
-            .header("x-forwarded-for", xff.as_str())
-            .header("x-request-id", request_id.as_str());
-        let Ok(up) = up.body(upstream_body) else {
-            return Ok(simple(StatusCode::BAD_REQUEST, "invalid request"));
-        };
         target.in_flight.fetch_add(1, Ordering::Relaxed);
         target.requests.fetch_add(1, Ordering::Relaxed);
         let read = lb.read_timeout();
@@ -208,7 +258,7 @@ pub async fn handle(
             }
             Err(_) => (Outcome::Timeout, None, false),
         };
-        lb.observe(&target, outcome);
+        lb.observe(&target, outcome, &cfg);
         let can_retry = retries < cfg.retries
             && lb.retry_allowed()
             && (safe_to_repeat || (nothing_sent && matches!(body, ReqBody::Buffered(_))));
@@ -229,10 +279,7 @@ pub async fn handle(
                 ] {
                     rp.headers.remove(h);
                 }
-                rp.headers.insert(
-                    "x-request-id",
-                    HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-")),
-                );
+                rp.headers.insert(&X_REQUEST_ID, rid.clone());
                 lb.finish(
                     &request_id,
                     &peer,
@@ -241,7 +288,7 @@ pub async fn handle(
                     start,
                     retries,
                 );
-                return Ok(Response::from_parts(rp, rb.boxed()));
+                return Ok(Response::from_parts(rp, Body::Incoming(rb)));
             }
             _ => {}
         }
@@ -263,10 +310,7 @@ pub async fn handle(
                 retries,
             );
             let mut r = simple(code, msg);
-            r.headers_mut().insert(
-                "x-request-id",
-                HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-")),
-            );
+            r.headers_mut().insert(&X_REQUEST_ID, rid.clone());
             return Ok(r);
         }
         retries += 1;

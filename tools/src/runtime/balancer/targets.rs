@@ -47,6 +47,10 @@ pub struct TargetState {
     health: Mutex<Health>,
     /// Draining: no new requests.
     pub draining: std::sync::atomic::AtomicBool,
+    /// `address` as a URI authority, parsed once (every proxied request needs it).
+    pub authority: hyper::http::uri::Authority,
+    /// Smooth weighted round-robin's running weight (see `pick`).
+    pub wrr_current: std::sync::atomic::AtomicI64,
 }
 
 impl TargetState {
@@ -67,6 +71,10 @@ impl TargetState {
                 readmitted_at: None,
             }),
             draining: std::sync::atomic::AtomicBool::new(false),
+            authority: address
+                .parse()
+                .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("invalid.invalid:1")),
+            wrr_current: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
