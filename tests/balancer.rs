@@ -147,6 +147,15 @@ fn weights_spread_requests_exactly() {
     );
     let (_, r) = get(h.listen.port(), "/", "");
     assert!(r.to_ascii_lowercase().contains("x-request-id: "), "{r}");
+    // Both go upstream; X-Forwarded-For gains the client's address.
+    let (_, r) = get(
+        h.listen.port(),
+        "/headers",
+        "X-Request-ID: up-1\r\nX-Forwarded-For: 10.0.0.9\r\n",
+    );
+    let r = r.to_ascii_lowercase();
+    assert!(r.contains("x-request-id: up-1\n"), "{r}");
+    assert!(r.contains("x-forwarded-for: 10.0.0.9, 127.0.0.1\n"), "{r}");
     h.stop();
 }
 

@@ -1,5 +1,6 @@
 //! A small HTTP worker for the end-to-end tests: answers `GET /` with its port and pid,
-//! `/health` with 200, `/sleep?ms=N` after N ms (to hold a request in flight), and with
+//! `/health` with 200, `/headers` with the X-Forwarded-For and X-Request-ID it got,
+//! `/sleep?ms=N` after N ms (to hold a request in flight), and with
 //! `--crash` exits 3 at once (a replica that crashes at start). HTTP/1.1 keep-alive, one
 //! thread per connection, std only.
 //!
@@ -51,13 +52,19 @@ fn serve(s: TcpStream, port: u16) {
         }
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let mut close = line.contains("HTTP/1.0");
+        let mut echoed = String::new();
         loop {
             let mut h = String::new();
             if r.read_line(&mut h).unwrap_or(0) == 0 {
                 return;
             }
-            if h.to_ascii_lowercase().starts_with("connection: close") {
+            let lower = h.to_ascii_lowercase();
+            if lower.starts_with("connection: close") {
                 close = true;
+            }
+            if lower.starts_with("x-forwarded-for:") || lower.starts_with("x-request-id:") {
+                echoed.push_str(h.trim_end());
+                echoed.push('\n');
             }
             if h == "\r\n" || h == "\n" {
                 break;
@@ -66,7 +73,11 @@ fn serve(s: TcpStream, port: u16) {
         if let Some(ms) = path.strip_prefix("/sleep?ms=") {
             std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(100)));
         }
-        let body = format!("port={port} pid={}\n", std::process::id());
+        let body = if path == "/headers" {
+            echoed
+        } else {
+            format!("port={port} pid={}\n", std::process::id())
+        };
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{body}",
             body.len(),
