@@ -122,3 +122,20 @@ resource "localdr_balancer" "web" {
     burst               = 500
   }
 }
+
+# Request files (seed 000's simulate_requests.sh) dispatched round-robin to the web pool's
+# healthy replicas: each is claimed atomically and processed by app/process_request.py;
+# a malformed request lands in errors/ beside its reason. Per-worker logs in queue/logs.
+resource "localdr_balancer" "requests" {
+  name    = "requests"
+  mode    = "queue"
+  service = localdr_service.web.name
+
+  queue {
+    incoming_dir = "${abspath(local.demo)}/queue/incoming"
+    workers_dir  = "${abspath(local.demo)}/queue/workers"
+    errors_dir   = "${abspath(local.demo)}/queue/errors"
+    log_dir      = "${abspath(local.demo)}/queue/logs"
+    command      = ["python3", "${abspath(path.module)}/app/process_request.py", "{file}"]
+  }
+}

@@ -105,6 +105,20 @@ if [ "$desired" -gt 0 ]; then
   curl -s "http://$("$TF" output -raw web_admin)/targets"; echo
   curl -s "http://$("$TF" output -raw web_admin)/metrics" | grep -E '^localdr_requests_total'
 
+  step "9c. the request queue: 20 request files and one malformed, dispatched to the pool"
+  localdr loadgen --queue-dir demo/queue/incoming --files 20
+  echo '{"not": "a request"}' > demo/queue/incoming/.bad.tmp && mv demo/queue/incoming/.bad.tmp demo/queue/incoming/bad_request.json
+  for _ in $(seq 100); do
+    [ -z "$(find demo/queue/incoming -maxdepth 1 -type f ! -name '.*')" ] && [ -f demo/queue/errors/bad_request.json ] \
+      && [ "$(find demo/queue/workers -path '*/processed/*' -type f | wc -l)" -ge 20 ] && break
+    sleep 0.1
+  done
+  sleep 0.6  # the agent publishes the counts every 500 ms
+  localdr status --state-dir .localdr | sed -n '/^balancer requests/,$p'
+  echo "processed per worker: $(for w in demo/queue/workers/*/; do printf '%s=%s ' "$(basename "$w")" "$(find "$w/processed" -type f | wc -l)"; done)"
+  echo "errors/: $(ls demo/queue/errors | tr '\n' ' ')"
+  python3 -c 'import json; print("reason:", json.load(open("demo/queue/errors/bad_request.json.reason.json"))["output"])'
+
   step "10. chaos: kill -9 replica 1; the agent restarts it"
   localdr chaos kill --state-dir .localdr --service web --replica 1
   sleep 1

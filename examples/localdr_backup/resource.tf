@@ -1,3 +1,11 @@
+terraform {
+  required_providers {
+    localdr = {
+      source = "localdr/localdr"
+    }
+  }
+}
+
 # Protect a Terraform state: validated on every snapshot, serial and lineage recorded, so
 # `localdr restore` refuses to roll it back or swap in another state's history.
 resource "localdr_backup" "state" {

@@ -1,19 +1,82 @@
-# An HTTP load balancer on 127.0.0.1:8080 in front of the `web` pool (see
-# ../localdr_service/resource.tf), following it as it scales. Health checks use the seed's
-# Kong defaults: active every 10 s (healthy after 2 successes with 200/302, unhealthy after
-# 3 failures), passive unhealthy after 5 HTTP failures or 2 timeouts/connection failures;
-# a target ejected by live traffic is re-admitted by the active checks.
+terraform {
+  required_providers {
+    localdr = {
+      source = "localdr/localdr"
+    }
+  }
+}
+
+provider "localdr" {
+  state_dir = "${path.root}/.localdr"
+}
+
+# The pool behind the balancer: three static file servers on 127.0.0.1:8081-8083.
+resource "localdr_service" "web" {
+  name      = "web"
+  command   = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+  replicas  = 3
+  base_port = 8081
+}
+
+# An HTTP load balancer on 127.0.0.1:8080 in front of the pool, following it as it
+# scales. Every block below is optional; the values shown are the defaults (seed 001's
+# Kong set-up) except where a comment says otherwise.
 resource "localdr_balancer" "web" {
   name      = "web"
   listen    = "127.0.0.1:8080"
   service   = localdr_service.web.name
-  algorithm = "least-connections"
-  retries   = 5
+  algorithm = "least-connections" # default round-robin (weights honoured)
+  retries   = 5                   # idempotent requests, or nothing sent; ≤ ~20% of traffic
+
+  healthchecks {
+    active {
+      type      = "http"
+      http_path = "/" # GET / every 10 s while healthy, every 10 s while not
+      timeout   = "1s"
+      healthy {
+        interval      = "10s"
+        successes     = 2
+        http_statuses = [200, 302]
+      }
+      unhealthy {
+        interval      = "10s"
+        http_failures = 3
+        tcp_failures  = 3
+        timeouts      = 3
+        http_statuses = [429, 404, 500, 501, 502, 503, 504, 505]
+      }
+    }
+    # Counted on live traffic: past a threshold the target is ejected, and the active
+    # checks re-admit it (Kong and HAProxy cannot re-admit on passive checks alone).
+    passive {
+      unhealthy {
+        http_failures = 5
+        tcp_failures  = 2
+        timeouts      = 2
+        http_statuses = [500, 502, 503, 504]
+      }
+    }
+  }
+
+  # Envoy-style outlier ejection: out for base × (number of ejections), capped at 10×;
+  # never more than half of the targets at once.
+  circuit_breaker {
+    base_ejection_time   = "30s"
+    max_ejection_percent = 50
+  }
+
+  slow_start = "20s" # default 0s: a re-admitted target ramps from 10% of its weight
+
+  timeouts {
+    connect = "5s" # defaults 60s each
+    read    = "30s"
+    write   = "30s"
+  }
 
   rate_limit {
     requests_per_minute = 600
     burst               = 100
-    by                  = "ip"
+    by                  = "ip" # or "header:X-Api-Key"
   }
 }
 

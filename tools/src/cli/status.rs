@@ -1,6 +1,7 @@
-//! `localdr status`: the agent and every service's replicas, as a table or `--json`.
+//! `localdr status`: the agent, every service's replicas, and every balancer (targets and
+//! their health, or a queue's counts), as tables or `--json`.
 
-use crate::spec::{AgentInfo, ServiceStatus};
+use crate::spec::{AgentInfo, BalancerStatus, ServiceStatus};
 use crate::statedir::StateDir;
 use anyhow::Result;
 use clap::Args;
@@ -21,6 +22,14 @@ struct Report {
     agent_running: bool,
     agent: Option<AgentInfo>,
     services: Vec<ServiceReport>,
+    balancers: Vec<BalancerReport>,
+}
+
+#[derive(Serialize)]
+struct BalancerReport {
+    name: String,
+    mode: String,
+    status: Option<BalancerStatus>,
 }
 
 #[derive(Serialize)]
@@ -67,11 +76,30 @@ pub fn run(a: StatusArgs) -> Result<i32> {
             next_schedule: next,
         });
     }
+    let mut balancers = Vec::new();
+    for n in sd.balancer_names()? {
+        let mode = sd
+            .read_balancer(&n)
+            .ok()
+            .flatten()
+            .map(|(b, _)| b.mode)
+            .unwrap_or_else(|| "?".into());
+        balancers.push(BalancerReport {
+            status: if running {
+                sd.read_balancer_status(&n)?
+            } else {
+                None
+            },
+            name: n,
+            mode,
+        });
+    }
     let r = Report {
         state_dir: sd.root().display().to_string(),
         agent_running: running,
         agent: if running { sd.agent_info()? } else { None },
         services,
+        balancers,
     };
     if a.json {
         super::print_json(&r)?;
@@ -167,5 +195,92 @@ pub fn run(a: StatusArgs) -> Result<i32> {
             );
         }
     }
+    for b in &r.balancers {
+        print_balancer(b);
+    }
     Ok(0)
+}
+
+fn print_balancer(b: &BalancerReport) {
+    let Some(st) = &b.status else {
+        println!("balancer {} ({}): not running", b.name, b.mode);
+        return;
+    };
+    if let Some(e) = &st.error {
+        println!("balancer {} ({}): ERROR {e}", b.name, b.mode);
+        return;
+    }
+    let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    if let Some(q) = &st.queue {
+        println!(
+            "balancer {} (queue): pending {}, in flight {}, processed {}, failed {}, delivered {}",
+            b.name,
+            n(q, "pending"),
+            n(q, "in_flight"),
+            n(q, "processed"),
+            n(q, "failed"),
+            n(q, "delivered")
+        );
+        let mut t = super::table();
+        t.set_header([
+            "WORKER",
+            "ADDRESS",
+            "HEALTHY",
+            "BUSY WITH",
+            "PROCESSED",
+            "FAILED",
+        ]);
+        for w in q
+            .get("workers")
+            .and_then(|w| w.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let s = |k: &str| w.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+            t.add_row([
+                s("name"),
+                s("address"),
+                w.get("healthy").map(|h| h.to_string()).unwrap_or_default(),
+                s("busy"),
+                n(w, "processed").to_string(),
+                n(w, "failed").to_string(),
+            ]);
+        }
+        println!("{t}");
+        return;
+    }
+    println!(
+        "balancer {} (http): listening on {}, admin {}",
+        b.name,
+        st.listening.as_deref().unwrap_or("-"),
+        st.admin.as_deref().unwrap_or("-")
+    );
+    let mut t = super::table();
+    t.set_header([
+        "TARGET",
+        "WEIGHT",
+        "HEALTHY",
+        "IN FLIGHT",
+        "REQUESTS",
+        "EJECTIONS",
+    ]);
+    for x in st.targets.as_array().into_iter().flatten() {
+        t.add_row([
+            x.get("address")
+                .and_then(|a| a.as_str())
+                .unwrap_or("-")
+                .to_string()
+                + if x.get("backup").and_then(|b| b.as_bool()) == Some(true) {
+                    " (backup)"
+                } else {
+                    ""
+                },
+            n(x, "weight").to_string(),
+            x.get("healthy").map(|h| h.to_string()).unwrap_or_default(),
+            n(x, "in_flight").to_string(),
+            n(x, "requests").to_string(),
+            n(x, "ejections").to_string(),
+        ]);
+    }
+    println!("{t}");
 }
