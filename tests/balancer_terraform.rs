@@ -201,6 +201,26 @@ resource "localdr_balancer" "b" {{
         "{flat}"
     );
     drop(busy);
+
+    // A port taken between plan and apply: a clear apply error, not a hang. (Terraform
+    // plans the create again during apply, so the check there reports it first.)
+    let _cleanup = Cleanup(sd.clone());
+    let port = free_port();
+    let body = format!(
+        "{head}resource \"localdr_balancer\" \"c\" {{\n  name   = \"c\"\n  listen = \"127.0.0.1:{port}\"\n  target {{\n    address = \"127.0.0.1:1\"\n  }}\n}}\n",
+        head = localdr_e2e::terraform_head(Some(&sd)),
+    );
+    std::fs::write(tf.path().join("main.tf"), body).unwrap();
+    tf.ok(&["plan", "-out", "tfplan", "-no-color"]);
+    let taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let a = tf.run(&["apply", "-no-color", "tfplan"]);
+    assert_eq!(a.code, 1, "{}", a.all());
+    let flat = a.stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains(&format!("cannot listen on 127.0.0.1:{port}")) && flat.contains("in use"),
+        "{flat}"
+    );
+    drop(taken);
 }
 
 fn spec_json(sd: &Path, name: &str) -> serde_json::Value {

@@ -10,14 +10,13 @@ pub mod pick;
 pub mod proxy;
 pub mod ratelimit;
 pub mod targets;
+pub mod upstream;
 
 use crate::spec::{dur, BalancerSpec};
 use crate::statedir::StateDir;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use pick::Picker;
 use ratelimit::RateLimiter;
 use std::io::Write;
@@ -54,23 +53,17 @@ pub struct Balancer {
     targets: ArcSwap<Vec<Arc<TargetState>>>,
     picker: ArcSwap<Picker>,
     limiter: ArcSwap<Option<RateLimiter>>,
-    pub client: Client<HttpConnector, proxy::Body>,
     pub metrics: Metrics,
     counter: AtomicU64,
     /// `slow_start`, parsed once per reload (read on every pick).
     slow_start_ms: AtomicU64,
+    /// `timeouts.connect`, parsed once per reload.
+    connect_ms: AtomicU64,
     access: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
 }
 
 impl Balancer {
     fn new(spec: BalancerSpec, access_log: Option<std::fs::File>) -> Arc<Balancer> {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(dur(&spec.timeouts.connect)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build(conn);
         let lb = Arc::new(Balancer {
             name: spec.name.clone(),
             picker: ArcSwap::from_pointee(Picker::new(&spec.algorithm)),
@@ -81,10 +74,10 @@ impl Balancer {
             ),
             targets: ArcSwap::from_pointee(Vec::new()),
             cfg: ArcSwap::from_pointee(spec.clone()),
-            client,
             metrics: Metrics::default(),
             counter: AtomicU64::new(0),
             slow_start_ms: AtomicU64::new(slow_ms(&spec)),
+            connect_ms: AtomicU64::new(dur(&spec.timeouts.connect).as_millis() as u64),
             access: Mutex::new(access_log.map(std::io::BufWriter::new)),
         });
         lb.set_targets(&spec, None);
@@ -129,6 +122,10 @@ impl Balancer {
         });
         self.set_targets(&spec, followed);
         self.slow_start_ms.store(slow_ms(&spec), Ordering::Relaxed);
+        self.connect_ms.store(
+            dur(&spec.timeouts.connect).as_millis() as u64,
+            Ordering::Relaxed,
+        );
         self.cfg.store(Arc::new(spec));
     }
 
@@ -182,7 +179,8 @@ impl Balancer {
     /// (panic mode: fail open rather than answer 503). Within a request, targets already
     /// `tried` come last: a retry goes to an untried primary, then an untried backup,
     /// before any target is tried twice.
-    pub fn choose(&self, tried: &[String]) -> Option<Arc<TargetState>> {
+    /// `tried` holds target identities ([`TargetState::id`]).
+    pub fn choose(&self, tried: &[usize]) -> Option<Arc<TargetState>> {
         let now = Instant::now();
         let targets = self.targets();
         let slow = Duration::from_millis(self.slow_start_ms.load(Ordering::Relaxed));
@@ -199,7 +197,7 @@ impl Balancer {
                             t.backup == backup && (!only_available || proxy::usable(t, now))
                         })
                         .filter(|t| !t.draining.load(Ordering::Relaxed))
-                        .filter(|t| !fresh || !tried.contains(&t.address))
+                        .filter(|t| !fresh || !tried.contains(&t.id()))
                         .map(|t| (t.clone(), t.effective_weight(now, slow))),
                 );
                 let r = picker.pick(&c);
@@ -241,6 +239,10 @@ impl Balancer {
         let r = self.metrics.retries.load(Ordering::Relaxed);
         let n = self.metrics.requests.load(Ordering::Relaxed);
         r < n / 5 + 10
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_ms.load(Ordering::Relaxed))
     }
 
     pub fn read_timeout(&self) -> Duration {

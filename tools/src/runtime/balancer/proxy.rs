@@ -1,5 +1,6 @@
-//! Forwarding one request: rate limit, request id, pick a target, send it with the pooled
-//! HTTP/1.1 client, retry elsewhere when that is safe, and stream the answer back.
+//! Forwarding one request: rate limit, request id, pick a target, send it on one of the
+//! target's pooled HTTP/1.1 connections (`upstream`), retry elsewhere when that is safe,
+//! and stream the answer back.
 //!
 //! Bodies stream both ways. A request body of up to 64 KiB is kept in memory so the
 //! request can be retried; a bigger one streams straight through and is retried only when
@@ -10,12 +11,13 @@
 //! rebuilt.
 
 use super::targets::{Outcome, TargetState};
+use super::upstream::{self, SendError};
 use super::Balancer;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::http::uri::{self, Scheme};
+use hyper::http::uri;
 use hyper::{Request, Response, StatusCode, Uri};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,6 +30,8 @@ use std::time::Instant;
 pub enum Body {
     Full(Option<Bytes>),
     Incoming(Incoming),
+    /// A target's answer on a pooled connection.
+    Pooled(super::upstream::Pooled),
 }
 
 impl hyper::body::Body for Body {
@@ -45,6 +49,7 @@ impl hyper::body::Body for Body {
                     .map(|b| Ok(Frame::data(b))),
             ),
             Body::Incoming(i) => Pin::new(i).poll_frame(cx),
+            Body::Pooled(p) => p.poll_frame(cx),
         }
     }
 
@@ -52,6 +57,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
             Body::Incoming(i) => i.is_end_stream(),
+            Body::Pooled(p) => p.is_end_stream(),
         }
     }
 
@@ -59,6 +65,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(i) => i.size_hint(),
+            Body::Pooled(p) => p.size_hint(),
         }
     }
 }
@@ -192,23 +199,32 @@ pub async fn handle(
     }
     headers.insert(&X_FORWARDED_FOR, xff);
     headers.insert(&X_REQUEST_ID, rid.clone());
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
+    // Origin-form to the target; the client's Host goes along (or the target's, if none).
+    let path = Uri::from(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| uri::PathAndQuery::from_static("/")),
+    );
+    let has_host = headers.contains_key(hyper::header::HOST);
 
-    let mut tried: Vec<String> = Vec::new();
+    // Targets this request went to, without allocating: retries beyond 8 may revisit one.
+    let mut tried = [0usize; 8];
+    let mut n_tried = 0;
     let mut retries = 0u32;
     loop {
-        let Some(target) = lb.choose(&tried) else {
+        let Some(target) = lb.choose(&tried[..n_tried]) else {
             lb.finish(&request_id, &peer, "-", 503, start, retries);
             return Ok(simple(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no target available",
             ));
         };
-        tried.push(target.address.clone());
+        if n_tried < tried.len() {
+            tried[n_tried] = target.id();
+            n_tried += 1;
+        }
         let upstream_body = match &mut body {
             ReqBody::Buffered(b) => full(b.clone()),
             ReqBody::Stream(s) => match s.take() {
@@ -220,18 +236,17 @@ pub async fn handle(
         *up.method_mut() = parts.method.clone();
         *up.version_mut() = hyper::Version::HTTP_11;
         *up.headers_mut() = headers.clone();
-        let mut u = uri::Parts::default();
-        u.scheme = Some(Scheme::HTTP);
-        u.authority = Some(target.authority.clone());
-        u.path_and_query = Some(path.clone());
-        match Uri::from_parts(u) {
-            Ok(u) => *up.uri_mut() = u,
-            Err(_) => return Ok(simple(StatusCode::BAD_REQUEST, "invalid request")),
+        *up.uri_mut() = path.clone();
+        if !has_host {
+            if let Ok(h) = HeaderValue::from_str(target.authority.as_str()) {
+                up.headers_mut().insert(hyper::header::HOST, h);
+            }
         }
         target.in_flight.fetch_add(1, Ordering::Relaxed);
         target.requests.fetch_add(1, Ordering::Relaxed);
         let read = lb.read_timeout();
-        let sent = tokio::time::timeout(read, lb.client.request(up)).await;
+        let sent =
+            tokio::time::timeout(read, upstream::send(&target, up, lb.connect_timeout())).await;
         target.in_flight.fetch_sub(1, Ordering::Relaxed);
         let (outcome, resp, nothing_sent) = match sent {
             Ok(Ok(resp)) => {
@@ -252,10 +267,8 @@ pub async fn handle(
                     false,
                 )
             }
-            Ok(Err(e)) => {
-                let connect = e.is_connect();
-                (Outcome::TcpFailure, None, connect)
-            }
+            Ok(Err(SendError::Connect(_))) => (Outcome::TcpFailure, None, true),
+            Ok(Err(SendError::Http(_))) => (Outcome::TcpFailure, None, false),
             Err(_) => (Outcome::Timeout, None, false),
         };
         lb.observe(&target, outcome, &cfg);
@@ -288,7 +301,7 @@ pub async fn handle(
                     start,
                     retries,
                 );
-                return Ok(Response::from_parts(rp, Body::Incoming(rb)));
+                return Ok(Response::from_parts(rp, rb));
             }
             _ => {}
         }

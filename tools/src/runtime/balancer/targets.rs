@@ -51,6 +51,8 @@ pub struct TargetState {
     pub authority: hyper::http::uri::Authority,
     /// Smooth weighted round-robin's running weight (see `pick`).
     pub wrr_current: std::sync::atomic::AtomicI64,
+    /// Idle keep-alive connections to this target.
+    pub idle: super::upstream::Idle,
 }
 
 impl TargetState {
@@ -75,7 +77,14 @@ impl TargetState {
                 .parse()
                 .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("invalid.invalid:1")),
             wrr_current: std::sync::atomic::AtomicI64::new(0),
+            idle: Default::default(),
         }
+    }
+
+    /// This target's identity within a request (its address in memory): cheaper than
+    /// comparing addresses, and a target replaced by a reload is a new one.
+    pub fn id(&self) -> usize {
+        self as *const TargetState as usize
     }
 
     /// Can take new requests now: healthy, not ejected, not draining.
