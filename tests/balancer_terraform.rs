@@ -63,13 +63,12 @@ const WEIGHTED: &str = r#"
   }
 "#;
 
-#[test]
-fn balancer_in_front_of_a_pool() {
+fn balancer_in_front_of_a_pool(v: TfVersion) {
     let base = free_ports(3);
     let listen = free_port();
     let tmp = tempfile::tempdir().unwrap();
     let sd = tmp.path().join("state");
-    let tf = Tf::new(TfVersion::New, &config(&sd, base, listen, WEIGHTED));
+    let tf = Tf::new(v, &config(&sd, base, listen, WEIGHTED));
     let _cleanup = Cleanup(sd.clone());
     tf.init();
     tf.apply();
@@ -146,6 +145,8 @@ fn balancer_in_front_of_a_pool() {
     assert!(get(listen).is_none());
     assert!((base..base + 3).all(|p| TcpStream::connect(("127.0.0.1", p)).is_err()));
 }
+
+localdr_e2e::both_terraforms!(balancer_in_front_of_a_pool);
 
 #[test]
 fn bad_balancer_input_is_a_plan_diagnostic() {
