@@ -175,9 +175,7 @@ resource "localdr_balancer" "b" {{
     );
     let tf = Tf::new(TfVersion::New, &body);
     tf.init();
-    let p = tf.run(&["plan", "-no-color"]);
-    assert_eq!(p.code, 1, "{}", p.all());
-    let flat = p.stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = tf.plan_errors();
     for want in [
         "unknown algorithm \"fastest\"",
         "weight must be 0 or more; got -1",
@@ -194,9 +192,7 @@ resource "localdr_balancer" "b" {{
             &format!("listen = \"127.0.0.1:{busy_port}\"\n  target {{\n    address = \"127.0.0.1:1\"\n  }}\n}}"),
         );
     std::fs::write(tf.path().join("main.tf"), body).unwrap();
-    let p = tf.run(&["plan", "-no-color"]);
-    assert_eq!(p.code, 1, "{}", p.all());
-    let flat = p.stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = tf.plan_errors();
     assert!(
         flat.contains("Listen address in use") && flat.contains(&format!("127.0.0.1:{busy_port}")),
         "{flat}"
@@ -525,9 +521,7 @@ resource "localdr_balancer" "c" {{
     );
     let tf = Tf::new(TfVersion::New, &body);
     tf.init();
-    let p = tf.run(&["plan", "-no-color"]);
-    assert_eq!(p.code, 1, "{}", p.all());
-    let flat = p.stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = tf.plan_errors();
     for want in [
         "type must be \"http\" or \"tcp\"; got \"udp\"",
         "700 is not an HTTP status",

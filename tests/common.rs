@@ -165,6 +165,14 @@ impl Tf {
         r
     }
 
+    /// Run a plan that must fail; its diagnostics with whitespace flattened (Terraform
+    /// wraps them at 80 columns).
+    pub fn plan_errors(&self) -> String {
+        let p = self.run(&["plan", "-no-color"]);
+        assert_eq!(p.code, 1, "{}", p.all());
+        p.stderr.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
     pub fn assert_empty_plan(&self, when: &str) {
         let r = self.plan();
         assert_eq!(r.code, 0, "plan should be empty {when}:\n{}", r.all());
@@ -437,6 +445,23 @@ impl Drop for PgServer {
 }
 
 /// A free loopback port (picked at run time).
+/// Poll `f` every 20 ms until it holds; fail the test after `limit`. Returns the wait.
+pub fn wait_for(
+    what: &str,
+    limit: std::time::Duration,
+    mut f: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")

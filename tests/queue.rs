@@ -5,25 +5,14 @@
 use localdr::runtime::queue::worklog;
 use localdr::spec::{BalancerSpec, QueueSpec, ServiceSpec, Target, API_VERSION};
 use localdr::statedir::StateDir;
-use localdr_e2e::{bin, free_port, free_ports, localdr, ls, Cleanup};
+use localdr_e2e::{bin, free_port, free_ports, localdr, ls, wait_for, Cleanup};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn worker() -> &'static str {
     env!("CARGO_BIN_EXE_localdr-test-worker")
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 struct Dirs {

@@ -4,11 +4,11 @@
 
 use localdr::spec::ServiceStatus;
 use localdr::statedir::StateDir;
-use localdr_e2e::{both_terraforms, free_ports, localdr, Cleanup, Tf, TfVersion};
+use localdr_e2e::{both_terraforms, free_ports, localdr, wait_for, Cleanup, Tf, TfVersion};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn worker() -> &'static str {
     env!("CARGO_BIN_EXE_localdr-test-worker")
@@ -27,18 +27,6 @@ fn get(port: u16, path: &str) -> Option<String> {
 
 fn status(sd: &Path, name: &str) -> Option<ServiceStatus> {
     StateDir::new(sd).read_status(name).ok().flatten()
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 /// No live process mentions the state dir (agent) and nothing answers on the ports.
