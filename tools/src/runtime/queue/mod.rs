@@ -205,7 +205,9 @@ impl Dispatcher {
         self.recover()?;
         let mut last_scan: Option<Instant> = None;
         let mut last_workers: Option<Instant> = None;
-        let mut woke = true;
+        // Something arrived since the last scan. Sticky: an event seen while the backlog
+        // still had items must still trigger a scan once it is empty.
+        let mut dirty = true;
         while !self.stop.load(Ordering::Relaxed) {
             let q = self.q();
             let now = Instant::now();
@@ -215,9 +217,10 @@ impl Dispatcher {
             }
             self.reap()?;
             let due = last_scan.is_none_or(|t| now - t >= dur(&q.poll_interval));
-            if self.backlog.is_empty() && (woke || due) {
+            if self.backlog.is_empty() && (dirty || due) {
                 self.backlog = claim::items(&incoming)?.into();
                 last_scan = Some(now);
+                dirty = false;
             }
             self.dispatch()?;
             self.publish();
@@ -228,13 +231,14 @@ impl Dispatcher {
             } else {
                 Duration::from_millis(5)
             };
-            woke = match &watch {
+            let woke = match &watch {
                 Some(w) => w.wait(wait),
                 None => {
                     std::thread::sleep(wait);
                     false
                 }
             };
+            dirty |= woke;
         }
         // Stopping: no new items; let the commands running finish (bounded) and file them.
         let start = Instant::now();
