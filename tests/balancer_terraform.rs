@@ -50,6 +50,27 @@ resource "localdr_balancer" "lb" {{
     )
 }
 
+/// Both status data sources, read after the resources they describe.
+const STATUS: &str = r#"
+data "localdr_balancer_status" "lb" {
+  name       = localdr_balancer.lb.name
+  depends_on = [localdr_balancer.lb]
+}
+data "localdr_service_status" "web" {
+  name       = localdr_service.web.name
+  depends_on = [localdr_service.web]
+}
+output "available_targets" {
+  value = data.localdr_balancer_status.lb.available_targets
+}
+output "healthy_replicas" {
+  value = data.localdr_service_status.web.healthy
+}
+output "first_target_healthy" {
+  value = data.localdr_balancer_status.lb.targets[0].healthy
+}
+"#;
+
 const WEIGHTED: &str = r#"
   target {
     address = localdr_service.web.endpoints[0]
@@ -68,11 +89,18 @@ fn balancer_in_front_of_a_pool(v: TfVersion) {
     let listen = free_port();
     let tmp = tempfile::tempdir().unwrap();
     let sd = tmp.path().join("state");
-    let tf = Tf::new(v, &config(&sd, base, listen, WEIGHTED));
+    let tf = Tf::new(
+        v,
+        &format!("{}{STATUS}", config(&sd, base, listen, WEIGHTED)),
+    );
     let _cleanup = Cleanup(sd.clone());
     tf.init();
     tf.apply();
     tf.assert_empty_plan("after creating the balancer");
+    // The status data sources see what the agent runs.
+    assert_eq!(tf.output("available_targets"), "3");
+    assert_eq!(tf.output("healthy_replicas"), "3");
+    assert_eq!(tf.output("first_target_healthy"), "true");
 
     // Weights 3:1:1 over 500 requests: exactly 300/100/100 (smooth weighted round-robin).
     let mut n = std::collections::HashMap::new();
@@ -374,6 +402,13 @@ resource "localdr_balancer" "jobs" {{
     {extra}
   }}
 }}
+data "localdr_balancer_status" "jobs" {{
+  name       = localdr_balancer.jobs.name
+  depends_on = [localdr_balancer.jobs]
+}}
+output "queue" {{
+  value = "${{data.localdr_balancer_status.jobs.running}} ${{data.localdr_balancer_status.jobs.queue_processed}} ${{data.localdr_balancer_status.jobs.queue_failed}}"
+}}
 "#,
         head = localdr_e2e::terraform_head(Some(sd)),
         w = env!("CARGO_BIN_EXE_localdr-test-worker"),
@@ -444,6 +479,8 @@ fn queue_mode(v: TfVersion) {
     assert!(p.stdout.contains("\"1m\" -> \"5s\""), "{}", p.stdout);
     tf.apply();
     tf.assert_empty_plan("after repairing the queue spec");
+    // Read after the repair (an in-place reload keeps the dispatcher and its counts).
+    assert_eq!(tf.output("queue"), "true 16 4");
 
     // A dead agent shows; apply brings the dispatcher back and it drains new files.
     let pid = StateDir::new(&sd).agent_info().unwrap().unwrap().pid;

@@ -3,6 +3,7 @@
 //! Terraform speaks tfplugin6 to this binary; each resource validates and plans in HCL
 //! terms and calls the engine (`localdr` crate) to do the work.
 
+mod data_sources;
 mod nodelay;
 mod provider;
 mod resources;

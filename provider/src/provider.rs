@@ -174,6 +174,9 @@ impl Provider for LocaldrProvider {
         &self,
         _diags: &mut Diagnostics,
     ) -> Option<HashMap<String, Box<dyn DynamicDataSource>>> {
-        Some(map! {})
+        Some(map! {
+            "service_status" => crate::data_sources::service_status::ServiceStatusSource::new(self.shared.clone()),
+            "balancer_status" => crate::data_sources::balancer_status::BalancerStatusSource::new(self.shared.clone()),
+        })
     }
 }

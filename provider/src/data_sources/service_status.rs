@@ -1,0 +1,153 @@
+//! `localdr_service_status`: a pool's replicas as the agent reports them (pid, port, state,
+//! health, restarts), with counts, read fresh on every plan.
+
+use super::object_list;
+use crate::provider::Shared;
+use crate::schema::{boolean, number, string};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tf_provider::schema::{
+    AttributeConstraint::{Computed, Required},
+    AttributeType, Block, Description, Schema,
+};
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{map, AttributePath, DataSource, Diagnostics};
+
+type S = Value<String>;
+type N = Value<i64>;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Replica {
+    pub index: N,
+    pub port: N,
+    pub pid: N,
+    pub state: S,
+    pub health: S,
+    pub restarts: N,
+    pub last_exit: S,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ServiceStatusState {
+    pub id: S,
+    pub name: S,
+    pub agent_running: Value<bool>,
+    pub desired: N,
+    pub running: N,
+    pub healthy: N,
+    pub reason: S,
+    pub replicas: Value<Vec<Value<Replica>>>,
+}
+
+pub struct ServiceStatusSource {
+    shared: Arc<Shared>,
+}
+
+impl ServiceStatusSource {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        ServiceStatusSource { shared }
+    }
+}
+
+fn v<T>(x: T) -> Value<T> {
+    Value::Value(x)
+}
+
+#[async_trait]
+impl DataSource for ServiceStatusSource {
+    type State<'a> = ServiceStatusState;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        let replica = [
+            ("index", AttributeType::Number),
+            ("port", AttributeType::Number),
+            ("pid", AttributeType::Number),
+            ("state", AttributeType::String),
+            ("health", AttributeType::String),
+            ("restarts", AttributeType::Number),
+            ("last_exit", AttributeType::String),
+        ];
+        Some(Schema {
+            version: 1,
+            block: Block {
+                version: 1,
+                description: Description::plain(
+                    "A localdr_service pool as the agent runs it right now.",
+                ),
+                attributes: map! {
+                    "id" => string(Computed, "The name."),
+                    "name" => string(Required, "The service name."),
+                    "agent_running" => boolean(Computed, "Whether an agent runs on the state dir."),
+                    "desired" => number(Computed, "Replicas wanted now (after autoscaling and schedules)."),
+                    "running" => number(Computed, "Replicas in state running."),
+                    "healthy" => number(Computed, "Replicas running and healthy."),
+                    "reason" => string(Computed, "Why the desired count is what it is."),
+                    "replicas" => object_list(&replica, "Every replica: index, port, pid (0 when none), state, health, restarts, last_exit.")
+                },
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        if let Value::Value(n) = &config.name {
+            if let Err(e) = localdr::naming::validate_name(n) {
+                diags.error("Invalid name", format!("{e}."), AttributePath::new("name"));
+            }
+        }
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        config: Self::State<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::State<'a>> {
+        let Value::Value(name) = config.name.clone() else {
+            diags.root_error_short("name is not known");
+            return None;
+        };
+        let sd = self.shared.state_dir();
+        let running = sd.agent_running();
+        let st = if running {
+            sd.read_status(&name).ok().flatten()
+        } else {
+            None
+        };
+        let mut out = ServiceStatusState {
+            id: v(name.clone()),
+            name: v(name),
+            agent_running: v(running),
+            desired: v(0),
+            running: v(0),
+            healthy: v(0),
+            reason: v(String::new()),
+            replicas: v(vec![]),
+        };
+        if let Some(st) = st {
+            let reps = &st.replicas;
+            out.desired = v(st.desired as i64);
+            out.running = v(reps.iter().filter(|r| r.state == "running").count() as i64);
+            out.healthy = v(st.healthy() as i64);
+            out.reason = v(st.reason.clone());
+            out.replicas = v(reps
+                .iter()
+                .map(|r| {
+                    v(Replica {
+                        index: v(r.index as i64),
+                        port: v(r.port as i64),
+                        pid: v(r.pid.unwrap_or(0) as i64),
+                        state: v(r.state.clone()),
+                        health: v(r.health.clone()),
+                        restarts: v(r.restarts as i64),
+                        last_exit: v(r.last_exit.clone().unwrap_or_default()),
+                    })
+                })
+                .collect());
+        }
+        Some(out)
+    }
+}
