@@ -146,7 +146,21 @@ fn weights_spread_requests_exactly() {
         "{r}"
     );
     let (_, r) = get(h.listen.port(), "/", "");
-    assert!(r.to_ascii_lowercase().contains("x-request-id: "), "{r}");
+    let id = r
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-request-id: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no request id in {r}"));
+    let id = id.trim();
+    assert!(
+        id.len() == 24 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id:?}"
+    );
+    let (_, r2) = get(h.listen.port(), "/", "");
+    assert!(!r2.contains(id), "request ids repeat: {id}");
     // Both go upstream; X-Forwarded-For gains the client's address.
     let (_, r) = get(
         h.listen.port(),

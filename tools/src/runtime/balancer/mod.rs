@@ -249,13 +249,21 @@ impl Balancer {
         dur(&self.config().timeouts.read)
     }
 
-    pub fn next_request_id(&self) -> String {
+    /// A new request id: 24 hex digits (time and pid, then a counter), as a header value
+    /// made in one allocation.
+    pub fn next_request_id(&self) -> hyper::header::HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        format!("{:016x}{:08x}", t ^ (*PID << 32), n as u32)
+        let v = ((t ^ (*PID << 32)) as u128) << 32 | (n as u32) as u128;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 24];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = HEX[((v >> (4 * (23 - i))) & 0xf) as usize];
+        }
+        hyper::header::HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
     }
 
     pub fn next_jitter(&self) -> u64 {
@@ -438,6 +446,7 @@ async fn serve(
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
+                        .writev(false)
                         .serve_connection(TokioIo::new(s), svc);
                     tokio::pin!(conn);
                     tokio::select! {

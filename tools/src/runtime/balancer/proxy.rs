@@ -84,20 +84,28 @@ fn simple(status: StatusCode, msg: &str) -> Response<Body> {
     r
 }
 
-/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that belong to one connection, not to the message (RFC 9110 §7.6.1). Names,
+/// not strings: a lookup by string parses it first, on every request.
+fn hop_by_hop() -> [&'static HeaderName; 8] {
+    use hyper::header::{
+        CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE,
+    };
+    [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &PROXY_AUTHENTICATE,
+        &PROXY_AUTHORIZATION,
+        &TE,
+        &TRAILER,
+        &UPGRADE,
+    ]
+}
 
 fn idempotent(m: &hyper::Method) -> bool {
     matches!(
@@ -124,13 +132,12 @@ pub async fn handle(
 ) -> Result<Response<Body>, hyper::Error> {
     let start = Instant::now();
     let cfg = lb.config();
-    let request_id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| lb.next_request_id());
-    let rid = HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-"));
+    // The client's id when it sent a usable one, else a new one.
+    let rid = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if v.to_str().is_ok() => v.clone(),
+        _ => lb.next_request_id(),
+    };
+    let request_id = rid.to_str().unwrap_or("-");
 
     if let Some(guard) = lb.limiter() {
         let rl = guard
@@ -153,7 +160,7 @@ pub async fn handle(
             r.headers_mut()
                 .insert("retry-after", HeaderValue::from(secs));
             r.headers_mut().insert(&X_REQUEST_ID, rid.clone());
-            lb.finish(&request_id, &peer, "-", 429, start, 0);
+            lb.finish(request_id, &peer, "-", 429, start, 0);
             return Ok(r);
         }
     }
@@ -194,7 +201,7 @@ pub async fn handle(
         None => peer_ip,
     };
     let mut headers = std::mem::take(&mut parts.headers);
-    for h in HOP_BY_HOP {
+    for h in hop_by_hop() {
         headers.remove(h);
     }
     headers.insert(&X_FORWARDED_FOR, xff);
@@ -215,7 +222,7 @@ pub async fn handle(
     let mut retries = 0u32;
     loop {
         let Some(target) = lb.choose(&tried[..n_tried]) else {
-            lb.finish(&request_id, &peer, "-", 503, start, retries);
+            lb.finish(request_id, &peer, "-", 503, start, retries);
             return Ok(simple(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no target available",
@@ -282,19 +289,12 @@ pub async fn handle(
                     && can_retry) =>
             {
                 let (mut rp, rb) = resp.into_parts();
-                for h in [
-                    "connection",
-                    "keep-alive",
-                    "proxy-connection",
-                    "te",
-                    "trailer",
-                    "upgrade",
-                ] {
+                for h in hop_by_hop() {
                     rp.headers.remove(h);
                 }
                 rp.headers.insert(&X_REQUEST_ID, rid.clone());
                 lb.finish(
-                    &request_id,
+                    request_id,
                     &peer,
                     &target.address,
                     rp.status.as_u16(),
@@ -315,7 +315,7 @@ pub async fn handle(
                 _ => (StatusCode::BAD_GATEWAY, "the target failed"),
             };
             lb.finish(
-                &request_id,
+                request_id,
                 &peer,
                 &target.address,
                 code.as_u16(),

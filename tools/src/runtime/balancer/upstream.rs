@@ -67,6 +67,7 @@ async fn connect(t: &TargetState, timeout: Duration) -> Result<SendRequest<Body>
     };
     let _ = tcp.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(tcp))
         .await
         .map_err(|e| SendError::Connect(e.to_string()))?;
