@@ -331,3 +331,79 @@ fn loadgen_sees_no_failure_when_a_target_is_killed() {
     assert_eq!(out.status.code(), Some(0));
     h.stop();
 }
+
+/// Kong's write timeout: a client that stops sending a (streamed) request body gets 408
+/// after `timeouts.write`, long before the read timeout, and the target is not blamed.
+#[test]
+fn a_stalled_upload_gets_408_after_the_write_timeout() {
+    // A target that reads the whole body (Content-Length) before it answers.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                loop {
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if std::io::BufRead::read_line(&mut r, &mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+            });
+        }
+    });
+    let mut s = spec(&[(port, 1)], &[]);
+    s.healthchecks.active.healthy.interval = "0s".into();
+    s.healthchecks.active.unhealthy.interval = "0s".into();
+    s.timeouts.write = "300ms".into();
+    let h = balancer::start(s, None).unwrap();
+    let mut c = TcpStream::connect(h.listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let t0 = Instant::now();
+    c.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
+        .unwrap();
+    c.write_all(&[b'a'; 70_000]).unwrap();
+    // ... and then nothing more.
+    let mut buf = [0u8; 512];
+    let n = c.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    let waited = t0.elapsed();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(waited < Duration::from_secs(5), "408 after {waited:?}");
+    println!(
+        "FIGURE balancer: stalled upload answered 408 after {waited:?} (write timeout 300 ms)"
+    );
+    // The target was not blamed, and a complete upload still goes through.
+    let (code, t) = get(h.admin.port(), "/targets", "");
+    assert_eq!(code, 200);
+    assert!(
+        t.contains("\"failures\":0") && t.contains("\"available\":true"),
+        "{t}"
+    );
+    let mut c = TcpStream::connect(h.listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    c.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    c.write_all(&[b'a'; 70_000]).unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    h.stop();
+}

@@ -697,7 +697,7 @@ pub fn schemas() -> Vec<(&'static str, NestedBlock)> {
                 attributes: map! {
                     "connect" => string(OptionalComputed, "Default 60s."),
                     "read" => string(OptionalComputed, "Time to wait for a target's answer. Default 60s."),
-                    "write" => string(OptionalComputed, "Default 60s.")
+                    "write" => string(OptionalComputed, "Longest pause while a client streams a request body; a stalled upload gets 408. Default 60s.")
                 },
                 ..Default::default()
             }),

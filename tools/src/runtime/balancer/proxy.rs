@@ -19,6 +19,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::http::uri;
 use hyper::{Request, Response, StatusCode, Uri};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -26,37 +27,44 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A body the balancer sends: bytes it made (or buffered), or one it streams through.
 pub enum Body {
     Full(Option<Bytes>),
-    Incoming(Incoming),
+    /// A client's request body streamed to the target, under the write timeout.
+    Timed(Timed),
     /// A target's answer on a pooled connection.
     Pooled(super::upstream::Pooled),
 }
 
+fn boxed<T>(p: Poll<Option<Result<T, hyper::Error>>>) -> Poll<Option<Result<T, BoxError>>> {
+    p.map(|o| o.map(|r| r.map_err(Into::into)))
+}
+
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(
                 b.take()
                     .filter(|b| !b.is_empty())
                     .map(|b| Ok(Frame::data(b))),
             ),
-            Body::Incoming(i) => Pin::new(i).poll_frame(cx),
-            Body::Pooled(p) => p.poll_frame(cx),
+            Body::Timed(t) => t.poll_frame(cx),
+            Body::Pooled(p) => boxed(p.poll_frame(cx)),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
-            Body::Incoming(i) => i.is_end_stream(),
+            Body::Timed(t) => t.inner.is_end_stream(),
             Body::Pooled(p) => p.is_end_stream(),
         }
     }
@@ -64,8 +72,54 @@ impl hyper::body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Incoming(i) => i.size_hint(),
+            Body::Timed(t) => t.inner.size_hint(),
             Body::Pooled(p) => p.size_hint(),
+        }
+    }
+}
+
+/// Kong's `write_timeout` for a request body streamed to a target: the longest the client
+/// may leave it waiting for the next bytes. A stalled upload is the client's doing: it is
+/// answered 408, and the target is not blamed (no passive-check failure).
+pub struct Timed {
+    inner: Incoming,
+    limit: std::time::Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Timed {
+    fn new(
+        inner: Incoming,
+        limit: std::time::Duration,
+    ) -> (Timed, Arc<std::sync::atomic::AtomicBool>) {
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let t = Timed {
+            inner,
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            stalled: stalled.clone(),
+        };
+        (t, stalled)
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match hyper::body::Body::poll_frame(Pin::new(&mut self.inner), cx) {
+            Poll::Ready(r) => {
+                let next = tokio::time::Instant::now() + self.limit;
+                self.sleep.as_mut().reset(next);
+                boxed(Poll::Ready(r))
+            }
+            Poll::Pending => {
+                if self.sleep.as_mut().poll(cx).is_ready() {
+                    self.stalled.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(
+                        "the client stopped sending the request body".into()
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
         }
     }
 }
@@ -190,6 +244,7 @@ pub async fn handle(
         ReqBody::Stream(Some(body))
     };
     let safe_to_repeat = idempotent(&parts.method) && matches!(body, ReqBody::Buffered(_));
+    let mut stalled: Option<Arc<std::sync::atomic::AtomicBool>> = None;
     // What every attempt sends: the client's headers without the hop-by-hop ones, plus
     // X-Forwarded-For and the request id.
     let xff = match parts
@@ -235,7 +290,11 @@ pub async fn handle(
         let upstream_body = match &mut body {
             ReqBody::Buffered(b) => full(b.clone()),
             ReqBody::Stream(s) => match s.take() {
-                Some(b) => Body::Incoming(b),
+                Some(b) => {
+                    let (t, flag) = Timed::new(b, crate::spec::dur(&cfg.timeouts.write));
+                    stalled = Some(flag);
+                    Body::Timed(t)
+                }
                 None => full(Bytes::new()),
             },
         };
@@ -255,6 +314,15 @@ pub async fn handle(
         let sent =
             tokio::time::timeout(read, upstream::send(&target, up, lb.connect_timeout())).await;
         target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if stalled.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+            lb.finish(request_id, &peer, &target.address, 408, start, retries);
+            let mut r = simple(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body stopped arriving",
+            );
+            r.headers_mut().insert(&X_REQUEST_ID, rid.clone());
+            return Ok(r);
+        }
         let (outcome, resp, nothing_sent) = match sent {
             Ok(Ok(resp)) => {
                 let code = resp.status().as_u16();
