@@ -422,7 +422,7 @@ impl BalancerResource {
         .await;
         match r {
             Ok(st) => {
-                state.admin_address = st.admin.into();
+                state.admin_address = v(st.admin.unwrap_or_default());
                 state.ensure_running = v(true);
                 Some(state)
             }
