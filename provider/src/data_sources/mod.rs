@@ -5,6 +5,32 @@ pub mod balancer_status;
 pub mod service_status;
 
 use tf_provider::schema::{Attribute, AttributeConstraint, AttributeType};
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics};
+
+pub fn v<T>(x: T) -> Value<T> {
+    Value::Value(x)
+}
+
+/// Both data sources take a `name`: the same rules as the resources' names.
+pub fn check_name(diags: &mut Diagnostics, name: &Value<String>) {
+    if let Value::Value(n) = name {
+        if let Err(e) = localdr::naming::validate_name(n) {
+            diags.error("Invalid name", format!("{e}."), AttributePath::new("name"));
+        }
+    }
+}
+
+/// The configured name, or an error when it is not known yet.
+pub fn known_name(diags: &mut Diagnostics, name: &Value<String>) -> Option<String> {
+    match name {
+        Value::Value(n) => Some(n.clone()),
+        _ => {
+            diags.root_error_short("name is not known");
+            None
+        }
+    }
+}
 
 /// A computed list of objects with these (name, type) fields.
 pub fn object_list(fields: &[(&str, AttributeType)], desc: &str) -> Attribute {

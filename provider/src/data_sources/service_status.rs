@@ -1,7 +1,7 @@
 //! `localdr_service_status`: a pool's replicas as the agent reports them (pid, port, state,
 //! health, restarts), with counts, read fresh on every plan.
 
-use super::object_list;
+use super::{check_name, known_name, object_list, v};
 use crate::provider::Shared;
 use crate::schema::{boolean, number, string};
 use async_trait::async_trait;
@@ -12,7 +12,7 @@ use tf_provider::schema::{
     AttributeType, Block, Description, Schema,
 };
 use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{map, AttributePath, DataSource, Diagnostics};
+use tf_provider::{map, DataSource, Diagnostics};
 
 type S = Value<String>;
 type N = Value<i64>;
@@ -48,10 +48,6 @@ impl ServiceStatusSource {
     pub fn new(shared: Arc<Shared>) -> Self {
         ServiceStatusSource { shared }
     }
-}
-
-fn v<T>(x: T) -> Value<T> {
-    Value::Value(x)
 }
 
 #[async_trait]
@@ -92,11 +88,7 @@ impl DataSource for ServiceStatusSource {
     }
 
     async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
-        if let Value::Value(n) = &config.name {
-            if let Err(e) = localdr::naming::validate_name(n) {
-                diags.error("Invalid name", format!("{e}."), AttributePath::new("name"));
-            }
-        }
+        check_name(diags, &config.name);
         Some(())
     }
 
@@ -106,10 +98,7 @@ impl DataSource for ServiceStatusSource {
         config: Self::State<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<Self::State<'a>> {
-        let Value::Value(name) = config.name.clone() else {
-            diags.root_error_short("name is not known");
-            return None;
-        };
+        let name = known_name(diags, &config.name)?;
         let sd = self.shared.state_dir();
         let running = sd.agent_running();
         let st = if running {
