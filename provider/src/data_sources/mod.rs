@@ -4,13 +4,10 @@
 pub mod balancer_status;
 pub mod service_status;
 
+pub use crate::resources::util::v;
 use tf_provider::schema::{Attribute, AttributeConstraint, AttributeType};
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
-
-pub fn v<T>(x: T) -> Value<T> {
-    Value::Value(x)
-}
 
 /// Both data sources take a `name`: the same rules as the resources' names.
 pub fn check_name(diags: &mut Diagnostics, name: &Value<String>) {

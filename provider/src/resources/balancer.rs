@@ -9,7 +9,7 @@
 use super::balancer_blocks::{
     self as blocks, CircuitBreakerBlock, HealthchecksBlock, QueueBlock, TimeoutsBlock,
 };
-use super::util::{blocking, known};
+use super::util::{blocking, fill, known, v};
 use crate::provider::Shared;
 use crate::schema::{boolean, number, string};
 use async_trait::async_trait;
@@ -80,16 +80,6 @@ pub struct BalancerResource {
 impl BalancerResource {
     pub fn new(shared: Arc<Shared>) -> Self {
         BalancerResource { shared }
-    }
-}
-
-fn v<T>(x: T) -> Value<T> {
-    Value::Value(x)
-}
-
-fn fill<T: Clone>(slot: &mut Value<T>, d: T) {
-    if slot.is_null() {
-        *slot = Value::Value(d);
     }
 }
 

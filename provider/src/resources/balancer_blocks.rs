@@ -7,7 +7,7 @@
 //! shows as a diff; and a block the configuration leaves out stays out of the state unless
 //! the spec on disk differs from its defaults.
 
-use super::util::known;
+use super::util::{fill, known, v};
 use localdr::spec::{
     ActiveCheck, BalancerSpec, Healthchecks, PassiveCheck, QueueSpec, Thresholds, Timeouts,
 };
@@ -105,16 +105,6 @@ pub struct QueueBlock {
     pub poll_interval: S,
     pub command: Value<Vec<Value<String>>>,
     pub timeout: S,
-}
-
-fn v<T>(x: T) -> Value<T> {
-    Value::Value(x)
-}
-
-fn fill<T: Clone>(slot: &mut Value<T>, d: T) {
-    if slot.is_null() {
-        *slot = Value::Value(d);
-    }
 }
 
 fn nums_raw(x: &[u16]) -> Vec<Value<i64>> {

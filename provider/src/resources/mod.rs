@@ -2,4 +2,4 @@ pub mod backup;
 pub mod balancer;
 mod balancer_blocks;
 pub mod service;
-mod util;
+pub(crate) mod util;

@@ -6,7 +6,7 @@
 //! the resource is gone) and sets `ensure_running = false` when the agent is not running or
 //! has given up on a replica, so `plan` shows `false -> true` and `apply` repairs it.
 
-use super::util::{blocking, known};
+use super::util::{blocking, fill, known, v};
 use crate::provider::Shared;
 use crate::schema::{attr, boolean, number, string};
 use async_trait::async_trait;
@@ -152,17 +152,7 @@ impl ServiceResource {
     }
 }
 
-fn v<T>(x: T) -> Value<T> {
-    Value::Value(x)
-}
-
 // ---- defaults (resources.md) ----
-
-fn fill<T: Clone>(slot: &mut Value<T>, default: T) {
-    if slot.is_null() {
-        *slot = Value::Value(default);
-    }
-}
 
 fn apply_defaults(s: &mut ServiceState) {
     fill(&mut s.replicas, 1);

@@ -1,6 +1,18 @@
-//! Helpers both resources use.
+//! Helpers the resources and data sources share.
 
 use tf_provider::value::Value;
+
+/// A known value (state is built from these everywhere).
+pub fn v<T>(x: T) -> Value<T> {
+    Value::Value(x)
+}
+
+/// Plan an attribute the configuration left out to its default.
+pub fn fill<T: Clone>(slot: &mut Value<T>, default: T) {
+    if slot.is_null() {
+        *slot = Value::Value(default);
+    }
+}
 
 /// The value when known and not null.
 pub fn known<T: Clone>(v: &Value<T>) -> Option<T> {

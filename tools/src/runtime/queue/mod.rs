@@ -309,10 +309,6 @@ impl Dispatcher {
         )
     }
 
-    fn worker_dir(&self, worker: &str) -> PathBuf {
-        Path::new(&self.q().workers_dir).join(worker)
-    }
-
     /// Hand out items: with a command, one per free healthy worker; without, every item
     /// round-robin.
     fn dispatch(&mut self) -> Result<()> {
@@ -329,7 +325,7 @@ impl Dispatcher {
             self.backlog.pop_front();
             let w = self.workers[i].0.clone();
             let run = self.next_run_id();
-            let wdir = self.worker_dir(&w.name);
+            let wdir = worker_dir(&q, &w.name);
             let to = match claim::move_into(&incoming.join(&item), &wdir, &item, &run)? {
                 Moved::Gone => continue,
                 Moved::To(p) => p,
@@ -364,7 +360,7 @@ impl Dispatcher {
 
     fn start_job(&mut self, w: &Worker, item: &str, path: &Path, run: String) -> Result<()> {
         let q = self.q();
-        let wdir = self.worker_dir(&w.name);
+        let wdir = worker_dir(&q, &w.name);
         let file = path.display().to_string();
         let mut argv: Vec<String> = q
             .command
@@ -444,7 +440,7 @@ impl Dispatcher {
             let _ = std::fs::remove_file(&job.lock);
             return Ok(());
         };
-        let wdir = self.worker_dir(&job.worker);
+        let wdir = worker_dir(&q, &job.worker);
         let (status, to) = if out.ok {
             let to = match claim::move_into(
                 &job.item_path,
@@ -522,7 +518,7 @@ impl Dispatcher {
             .collect();
         dirs.sort();
         for worker in dirs {
-            let wdir = self.worker_dir(&worker);
+            let wdir = worker_dir(&q, &worker);
             for item in claim::items(&wdir)? {
                 let result = exec::result_path(&wdir, &item);
                 let run = exec::read_result(&result)
@@ -593,6 +589,10 @@ impl Dispatcher {
             *s = v;
         }
     }
+}
+
+fn worker_dir(q: &QueueSpec, worker: &str) -> PathBuf {
+    Path::new(&q.workers_dir).join(worker)
 }
 
 fn now_str() -> String {
