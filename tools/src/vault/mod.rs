@@ -21,6 +21,7 @@ pub mod restore;
 pub mod retention;
 pub mod run;
 pub mod snapshot;
+mod unpack;
 pub mod verify;
 
 use crate::naming;

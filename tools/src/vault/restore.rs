@@ -4,6 +4,7 @@
 //! renamed to a safety copy, never overwritten. Any failure leaves the target untouched.
 
 use super::manifest::{file_digest, Entry, EntryKind, Manifest};
+use super::unpack::{ChunkDecoder, UnpackError};
 use super::Vault;
 use crate::sources::tfstate;
 use anyhow::{anyhow, bail, Context, Result};
@@ -181,10 +182,10 @@ fn materialize(vault: &Vault, m: &Manifest, staging: &Path, progress: bool) -> R
         for _ in 0..workers {
             s.spawn(|| {
                 let mut packs: HashMap<u32, File> = HashMap::new();
-                let mut dec = match zstd::bulk::Decompressor::new() {
+                let mut dec = match ChunkDecoder::new() {
                     Ok(d) => d,
                     Err(e) => {
-                        *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(anyhow!("zstd: {e}"));
+                        *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         stop.store(true, Ordering::Relaxed);
                         return;
                     }
@@ -269,7 +270,7 @@ fn write_file(
     e: &Entry,
     path: &Path,
     packs: &mut HashMap<u32, File>,
-    dec: &mut zstd::bulk::Decompressor,
+    dec: &mut ChunkDecoder,
     cbuf: &mut Vec<u8>,
 ) -> Result<()> {
     let mut out = OpenOptions::new()
@@ -299,15 +300,27 @@ fn write_file(
                 m.id, pack.id
             )
         })?;
-        let data = dec.decompress(cbuf, c.ulen as usize).map_err(|x| {
-            anyhow!(
-                "snapshot {} is damaged: {} does not decompress ({x})",
-                m.id,
-                e.path
-            )
-        })?;
-        let h = blake3::hash(&data);
-        if data.len() != c.ulen as usize || h.to_hex().as_str() != c.hash {
+        // Each piece is written while it is in cache; a chunk that turns out damaged only
+        // ever reached the staging directory, which is removed.
+        let h = dec
+            .decode(cbuf, c.ulen as u64, |piece| {
+                out.write_all(piece)
+                    .with_context(|| format!("could not write {}", path.display()))?;
+                written += piece.len() as u64;
+                if written.is_multiple_of(FLUSH_EVERY) {
+                    start_writeback(&out, written - FLUSH_EVERY, FLUSH_EVERY);
+                }
+                Ok(())
+            })
+            .map_err(|x| match x {
+                UnpackError::Sink(e) => e,
+                UnpackError::Damaged(why) => anyhow!(
+                    "snapshot {} is damaged: a chunk of {:?} {why}; nothing was restored",
+                    m.id,
+                    e.path
+                ),
+            })?;
+        if h.to_hex().as_str() != c.hash {
             bail!(
                 "snapshot {} is damaged: {:?} fails its checksum; nothing was restored",
                 m.id,
@@ -315,12 +328,6 @@ fn write_file(
             );
         }
         hashes.push(*h.as_bytes());
-        out.write_all(&data)
-            .with_context(|| format!("could not write {}", path.display()))?;
-        written += data.len() as u64;
-        if written.is_multiple_of(FLUSH_EVERY) {
-            start_writeback(&out, written - FLUSH_EVERY, FLUSH_EVERY);
-        }
     }
     if written != e.size || e.hash.as_deref() != Some(file_digest(&hashes, e.size).as_str()) {
         bail!(
