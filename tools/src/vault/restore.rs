@@ -281,6 +281,7 @@ fn write_file(
         .with_context(|| format!("could not create {}", path.display()))?;
     let mut hashes = Vec::with_capacity(e.chunks.len());
     let mut written = 0u64;
+    let mut flushed = 0u64;
     // Chunks are stored in file order; their pack offsets are in any order.
     for c in &e.chunks {
         let pack = &m.packs[c.pack as usize];
@@ -307,13 +308,14 @@ fn write_file(
                 out.write_all(piece)
                     .with_context(|| format!("could not write {}", path.display()))?;
                 written += piece.len() as u64;
-                if written.is_multiple_of(FLUSH_EVERY) {
-                    start_writeback(&out, written - FLUSH_EVERY, FLUSH_EVERY);
+                if written - flushed >= FLUSH_EVERY {
+                    start_writeback(&out, flushed, written - flushed);
+                    flushed = written;
                 }
                 Ok(())
             })
             .map_err(|x| match x {
-                UnpackError::Sink(e) => e,
+                UnpackError::Other(e) => e,
                 UnpackError::Damaged(why) => anyhow!(
                     "snapshot {} is damaged: a chunk of {:?} {why}; nothing was restored",
                     m.id,

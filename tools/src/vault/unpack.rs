@@ -9,12 +9,14 @@
 use anyhow::{Context, Result};
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
-/// Why a chunk could not be unpacked: the stored frame is damaged, or the sink (the file
-/// being restored) failed. Kept apart so a full disk is never reported as a damaged snapshot.
+/// Why a chunk could not be unpacked. Kept apart so that a full disk is never reported as a
+/// damaged snapshot.
 #[derive(Debug)]
 pub enum UnpackError {
+    /// The stored frame is damaged: says how, to follow "a chunk of <file> ".
     Damaged(String),
-    Sink(anyhow::Error),
+    /// Anything else: the sink (the file being restored) or the decoder itself failed.
+    Other(anyhow::Error),
 }
 
 /// zstd's own recommended output size for streaming (one full block).
@@ -45,7 +47,7 @@ impl ChunkDecoder {
     ) -> Result<blake3::Hash, UnpackError> {
         use UnpackError::Damaged;
         self.dec.reinit().map_err(|e| {
-            UnpackError::Sink(anyhow::anyhow!("could not reset the zstd decoder: {e}"))
+            UnpackError::Other(anyhow::anyhow!("could not reset the zstd decoder: {e}"))
         })?;
         let mut input = InBuffer::around(frame);
         let mut hasher = blake3::Hasher::new();
@@ -68,7 +70,7 @@ impl ChunkDecoder {
             if n > 0 {
                 let piece = &self.buf[..n];
                 hasher.update(piece);
-                sink(piece).map_err(UnpackError::Sink)?;
+                sink(piece).map_err(UnpackError::Other)?;
             }
             if hint == 0 {
                 break; // the frame is complete and flushed
@@ -111,7 +113,7 @@ mod tests {
         }) {
             Ok(h) => Ok((out, h)),
             Err(UnpackError::Damaged(why)) => Err(why),
-            Err(UnpackError::Sink(e)) => panic!("sink failed: {e:#}"),
+            Err(UnpackError::Other(e)) => panic!("sink failed: {e:#}"),
         }
     }
 
@@ -168,6 +170,6 @@ mod tests {
         let r = d.decode(&frame, 300_000, |_| {
             anyhow::bail!("No space left on device")
         });
-        assert!(matches!(r, Err(UnpackError::Sink(_))), "{r:?}");
+        assert!(matches!(r, Err(UnpackError::Other(_))), "{r:?}");
     }
 }
