@@ -94,6 +94,7 @@ fn spec(targets: &[(u16, u32)], backups: &[u16]) -> BalancerSpec {
             connect: "2s".into(),
             read: "10s".into(),
             write: "10s".into(),
+            client: "10s".into(),
         },
         rate_limit: None,
         admin_listen: "127.0.0.1:0".into(),
@@ -405,5 +406,68 @@ fn a_stalled_upload_gets_408_after_the_write_timeout() {
     let mut out = String::new();
     let _ = c.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    h.stop();
+}
+
+/// Read until the peer closes; returns what arrived and when the close came.
+fn read_until_closed(c: &mut TcpStream, t0: Instant) -> (String, Duration) {
+    c.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("connection still open after {:?}: {e}", t0.elapsed()),
+        }
+    }
+    (String::from_utf8_lossy(&out).to_string(), t0.elapsed())
+}
+
+#[test]
+fn silent_slow_and_idle_clients_are_closed_after_the_client_timeout() {
+    let w = Worker::start(free_port());
+    let mut s = spec(&[(w.port, 1)], &[]);
+    s.timeouts.client = "400ms".into();
+    let h = balancer::start(s, None).unwrap();
+    let within = |what: &str, d: Duration| {
+        assert!(
+            d >= Duration::from_millis(300) && d < Duration::from_secs(5),
+            "{what}: closed after {d:?}, want about 400 ms"
+        );
+        println!("FIGURE balancer: {what} closed after {d:?} (client timeout 400 ms)");
+    };
+
+    // Connects and says nothing.
+    let mut c = TcpStream::connect(h.listen).unwrap();
+    let (got, d) = read_until_closed(&mut c, Instant::now());
+    assert!(!got.contains("HTTP/1.1 200"), "{got}");
+    within("a silent client", d);
+
+    // Sends half a request head, then stalls (slowloris).
+    let mut c = TcpStream::connect(h.listen).unwrap();
+    let t0 = Instant::now();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let (got, d) = read_until_closed(&mut c, t0);
+    assert!(!got.contains("HTTP/1.1 200"), "{got}");
+    within("a half-sent request head", d);
+
+    // A head sent in pieces within the timeout is served, and the keep-alive connection is
+    // closed once it has been idle for the timeout.
+    let mut c = TcpStream::connect(h.listen).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    c.write_all(b"Host: x\r\n\r\n").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = c.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_, d) = read_until_closed(&mut c, Instant::now());
+    within("an idle keep-alive connection", d);
+
+    // The balancer itself is fine.
+    assert_eq!(get(h.listen.port(), "/", "").0, 200);
     h.stop();
 }

@@ -321,6 +321,7 @@ fn tuning_blocks_and_hot_reload_under_load() {
     assert_eq!(hc["passive"]["base_ejection_time"], "10s");
     assert_eq!(j["timeouts"]["read"], "5s");
     assert_eq!(j["timeouts"]["connect"], "60s");
+    assert_eq!(j["timeouts"]["client"], "60s", "default kept");
     assert_eq!(j["slow_start"], "2s");
 
     // A hand edit inside a nested block is drift.
@@ -532,6 +533,9 @@ fn bad_tuning_and_queue_input_is_a_plan_diagnostic() {
   circuit_breaker {{
     max_ejection_percent = 150
   }}
+  timeouts {{
+    client = "0s"
+  }}
 }}
 resource "localdr_balancer" "b" {{
   name   = "b"
@@ -564,6 +568,7 @@ resource "localdr_balancer" "c" {{
         "700 is not an HTTP status",
         "must be between 0 and 100; got 150",
         "Invalid slow_start",
+        "timeouts.client must be more than 0",
         "mode = \"queue\" needs a queue block",
         "incoming_dir must be an absolute path",
         "with localdr_balancer.c, on main.tf",

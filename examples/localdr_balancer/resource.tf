@@ -71,6 +71,7 @@ resource "localdr_balancer" "web" {
     connect = "5s" # defaults 60s each
     read    = "30s"
     write   = "30s"
+    client  = "15s" # request head and keep-alive idle limit for clients
   }
 
   rate_limit {

@@ -646,6 +646,16 @@ pub struct Timeouts {
     pub connect: String,
     pub read: String,
     pub write: String,
+    /// Client side (nginx's `client_header_timeout`): the longest a client may take to send
+    /// a request head, counted from when the connection is ready for one, so it also closes
+    /// idle keep-alive connections. Without it a client that connects and says nothing holds
+    /// a connection forever.
+    #[serde(default = "default_client_timeout")]
+    pub client: String,
+}
+
+fn default_client_timeout() -> String {
+    "60s".into()
 }
 
 impl Default for Timeouts {
@@ -654,6 +664,7 @@ impl Default for Timeouts {
             connect: "60s".into(),
             read: "60s".into(),
             write: "60s".into(),
+            client: default_client_timeout(),
         }
     }
 }

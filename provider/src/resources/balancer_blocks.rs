@@ -94,6 +94,7 @@ pub struct TimeoutsBlock {
     pub connect: S,
     pub read: S,
     pub write: S,
+    pub client: S,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -202,6 +203,7 @@ pub fn defaults(
         fill(&mut t.connect, dt.connect.clone());
         fill(&mut t.read, dt.read.clone());
         fill(&mut t.write, dt.write.clone());
+        fill(&mut t.client, dt.client.clone());
     });
     within(queue, |q| {
         fill(&mut q.log_dir, default_log_dir.to_string());
@@ -267,6 +269,7 @@ pub fn timeouts(to: &Value<TimeoutsBlock>) -> Timeouts {
             connect: text(&t.connect, &d.connect),
             read: text(&t.read, &d.read),
             write: text(&t.write, &d.write),
+            client: text(&t.client, &d.client),
         },
         _ => d,
     }
@@ -398,6 +401,7 @@ pub fn from_spec(
             connect: v(sp.timeouts.connect.clone()),
             read: v(sp.timeouts.read.clone()),
             write: v(sp.timeouts.write.clone()),
+            client: v(sp.timeouts.client.clone()),
         }
     });
     *queue = match &sp.queue {
@@ -552,8 +556,19 @@ pub fn check(
             ("connect", &t.connect),
             ("read", &t.read),
             ("write", &t.write),
+            ("client", &t.client),
         ] {
             check_duration(diags, x, at.clone().attribute(k));
+        }
+        // Zero would close every connection before its first request.
+        if let Value::Value(c) = &t.client {
+            if localdr::duration::parse(c).is_ok_and(|d| d.is_zero()) {
+                diags.error(
+                    "Invalid duration",
+                    "timeouts.client must be more than 0 (it closes a connection that has not sent a request head in that time). Default 60s.",
+                    at.clone().attribute("client"),
+                );
+            }
         }
     }
     if let Value::Value(q) = queue {
@@ -683,11 +698,12 @@ pub fn schemas() -> Vec<(&'static str, NestedBlock)> {
             "timeouts",
             NestedBlock::Optional(Block {
                 version: 1,
-                description: Description::plain("Upstream timeouts."),
+                description: Description::plain("Upstream timeouts (Kong's connect, read, write) and the client-side header timeout."),
                 attributes: map! {
                     "connect" => string(OptionalComputed, "Default 60s."),
                     "read" => string(OptionalComputed, "Time to wait for a target's answer. Default 60s."),
-                    "write" => string(OptionalComputed, "Longest pause while a client streams a request body; a stalled upload gets 408. Default 60s.")
+                    "write" => string(OptionalComputed, "Longest pause while a client streams a request body; a stalled upload gets 408. Default 60s."),
+                    "client" => string(OptionalComputed, "Longest a client may take to send a request head, counted from when the connection is ready for one; also closes idle keep-alive connections (nginx's client_header_timeout). Default 60s.")
                 },
                 ..Default::default()
             }),

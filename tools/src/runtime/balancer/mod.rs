@@ -434,6 +434,8 @@ async fn serve(
             r = l.accept() => {
                 let Ok((s, peer)) = r else { continue };
                 let _ = s.set_nodelay(true);
+                // A reload applies to connections accepted after it.
+                let client_timeout = dur(&lb.config().timeouts.client);
                 let lb = lb.clone();
                 let mut stop = stop.clone();
                 let guard = conns.clone();
@@ -447,6 +449,8 @@ async fn serve(
                     let conn = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
                         .writev(false)
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(client_timeout)
                         .serve_connection(TokioIo::new(s), svc);
                     tokio::pin!(conn);
                     tokio::select! {
