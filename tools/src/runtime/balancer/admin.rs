@@ -189,11 +189,19 @@ pub async fn serve(
     l: tokio::net::TcpListener,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut backoff = super::accept::AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             r = l.accept() => {
-                let Ok((s, _)) = r else { continue };
+                let s = match r {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        backoff.failed(&format!("balancer {} admin", lb.name), &e).await;
+                        continue;
+                    }
+                };
+                backoff.ok();
                 let lb = lb.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| route(lb.clone(), req));

@@ -5,6 +5,7 @@
 //! requests in flight finish with the configuration they started with. Targets keep their
 //! health state across reloads (matched by address).
 
+mod accept;
 pub mod admin;
 pub mod pick;
 pub mod proxy;
@@ -428,11 +429,19 @@ async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let conns = tokio_util_tracker();
+    let mut backoff = accept::AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             r = l.accept() => {
-                let Ok((s, peer)) = r else { continue };
+                let (s, peer) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        backoff.failed(&format!("balancer {}", lb.name), &e).await;
+                        continue;
+                    }
+                };
+                backoff.ok();
                 let _ = s.set_nodelay(true);
                 // A reload applies to connections accepted after it.
                 let client_timeout = dur(&lb.config().timeouts.client);
