@@ -22,6 +22,9 @@ pub enum UnpackError {
 /// zstd's own recommended output size for streaming (one full block).
 const PIECE: usize = 128 << 10;
 
+/// 4 MiB: twice the largest window a chunk's frame can have (see `ChunkDecoder::new`).
+const WINDOW_LOG_MAX: u32 = 22;
+
 pub struct ChunkDecoder {
     dec: Decoder<'static>,
     buf: Vec<u8>,
@@ -29,8 +32,14 @@ pub struct ChunkDecoder {
 
 impl ChunkDecoder {
     pub fn new() -> Result<Self> {
+        let mut dec = Decoder::new().context("could not create a zstd decoder")?;
+        // Chunks hold at most 1 MiB, so their frames never need a window above 2^20; a
+        // damaged or crafted frame asking for more is refused instead of making each
+        // restore worker allocate up to zstd's default limit of 128 MiB.
+        dec.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(WINDOW_LOG_MAX))
+            .context("could not limit the zstd window")?;
         Ok(ChunkDecoder {
-            dec: Decoder::new().context("could not create a zstd decoder")?,
+            dec,
             buf: vec![0; PIECE],
         })
     }
@@ -160,6 +169,28 @@ mod tests {
         if let Ok((_, h)) = run(&flipped, 400_000) {
             assert_ne!(h, blake3::hash(&data));
         }
+    }
+
+    #[test]
+    fn a_frame_asking_for_a_huge_window_is_refused() {
+        // Streamed with no size known up front, the frame header declares the 64 MiB
+        // window it was compressed with (the default limit, 2^27, would accept it).
+        let data = sample(300_000);
+        let mut enc = zstd::stream::raw::Encoder::new(3).unwrap();
+        enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(26))
+            .unwrap();
+        let mut frame = vec![0u8; 400_000];
+        let mut out = OutBuffer::around(&mut frame[..]);
+        let mut inp = InBuffer::around(&data[..]);
+        enc.run(&mut inp, &mut out).unwrap();
+        while enc.finish(&mut out, true).unwrap() != 0 {}
+        let n = out.pos();
+        frame.truncate(n);
+        let e = run(&frame, 300_000).unwrap_err();
+        assert!(e.contains("does not decompress"), "{e}");
+        // Within the limit it decodes.
+        let ok = zstd::bulk::compress(&data, 19).unwrap();
+        assert_eq!(run(&ok, 300_000).unwrap().0, data);
     }
 
     #[test]
