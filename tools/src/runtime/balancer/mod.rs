@@ -250,6 +250,15 @@ impl Balancer {
         dur(&self.config().timeouts.read)
     }
 
+    /// `timeouts.client`. Zero (only a hand-edited spec can say so; the provider refuses it)
+    /// would close every connection before its first request, so it counts as the default.
+    pub fn client_timeout(&self) -> Duration {
+        match dur(&self.config().timeouts.client) {
+            d if d.is_zero() => dur(&crate::spec::Timeouts::default().client),
+            d => d,
+        }
+    }
+
     /// A new request id: 24 hex digits (time and pid, then a counter), as a header value
     /// made in one allocation.
     pub fn next_request_id(&self) -> hyper::header::HeaderValue {
@@ -444,7 +453,7 @@ async fn serve(
                 backoff.ok();
                 let _ = s.set_nodelay(true);
                 // A reload applies to connections accepted after it.
-                let client_timeout = dur(&lb.config().timeouts.client);
+                let client_timeout = lb.client_timeout();
                 let lb = lb.clone();
                 let mut stop = stop.clone();
                 let guard = conns.clone();
