@@ -58,9 +58,9 @@ pub enum Command {
     Drill(drill::DrillArgs),
     /// Synthetic load: HTTP profiles (steady, ramp, spike) with a latency summary, or request files for a queue.
     Loadgen(loadgen::LoadgenArgs),
-    /// Run the agent that keeps worker pools running (foreground, --daemon, or `stop`).
+    /// Run the agent: worker pools, balancers and queues, backup schedules (foreground, --daemon, or `stop`).
     Agent(agent::AgentArgs),
-    /// Show the agent and every service's replicas, health and restarts.
+    /// Show the agent, every service's replicas (health, restarts), balancers and queues.
     Status(status::StatusArgs),
     /// Fault injection for drills: kill a replica.
     Chaos(chaos::ChaosArgs),
