@@ -4,44 +4,15 @@
 
 use localdr::runtime::balancer;
 use localdr::spec::{BalancerSpec, Healthchecks, RateLimit, Target, Timeouts, API_VERSION};
-use localdr_e2e::free_port;
+use localdr_e2e::{free_port, Worker};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Worker {
-    port: u16,
-    child: Child,
-}
-
-impl Worker {
-    fn start(port: u16) -> Worker {
-        let child = Command::new(env!("CARGO_BIN_EXE_localdr-test-worker"))
-            .args(["--port", &port.to_string()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "worker on {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Worker { port, child }
-    }
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A test worker on `port`, killed when dropped.
+fn worker(port: u16) -> Worker {
+    Worker::start(env!("CARGO_BIN_EXE_localdr-test-worker"), port)
 }
 
 /// One request per connection; returns (status, headers+body).
@@ -115,7 +86,7 @@ fn port_of(body: &str) -> u16 {
 
 #[test]
 fn weights_spread_requests_exactly() {
-    let ws: Vec<Worker> = (0..3).map(|_| Worker::start(free_port())).collect();
+    let ws: Vec<Worker> = (0..3).map(|_| worker(free_port())).collect();
     let h = balancer::start(
         spec(&[(ws[0].port, 5), (ws[1].port, 1), (ws[2].port, 1)], &[]),
         None,
@@ -176,8 +147,8 @@ fn weights_spread_requests_exactly() {
 
 #[test]
 fn failover_without_failed_requests_then_readmission_and_backup() {
-    let mut ws: Vec<Worker> = (0..3).map(|_| Worker::start(free_port())).collect();
-    let backup = Worker::start(free_port());
+    let mut ws: Vec<Worker> = (0..3).map(|_| worker(free_port())).collect();
+    let backup = worker(free_port());
     let ports: Vec<u16> = ws.iter().map(|w| w.port).collect();
     let h = balancer::start(
         spec(
@@ -209,7 +180,7 @@ fn failover_without_failed_requests_then_readmission_and_backup() {
         "the dead target must be out of rotation"
     );
     // It comes back on the same port: active checks re-admit it.
-    ws[1] = Worker::start(ports[1]);
+    ws[1] = worker(ports[1]);
     let start = Instant::now();
     while !dead.available(Instant::now()) {
         assert!(start.elapsed() < Duration::from_secs(10), "not re-admitted");
@@ -244,7 +215,7 @@ fn failover_without_failed_requests_then_readmission_and_backup() {
 
 #[test]
 fn rate_limit_answers_429_with_retry_after() {
-    let w = Worker::start(free_port());
+    let w = worker(free_port());
     let mut s = spec(&[(w.port, 1)], &[]);
     s.rate_limit = Some(RateLimit {
         requests_per_minute: 100,
@@ -262,7 +233,7 @@ fn rate_limit_answers_429_with_retry_after() {
 
 #[test]
 fn hot_reload_of_weights_under_traffic_drops_nothing() {
-    let ws: Vec<Worker> = (0..2).map(|_| Worker::start(free_port())).collect();
+    let ws: Vec<Worker> = (0..2).map(|_| worker(free_port())).collect();
     let h = balancer::start(spec(&[(ws[0].port, 1), (ws[1].port, 1)], &[]), None).unwrap();
     let port = h.listen.port();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -309,7 +280,7 @@ fn hot_reload_of_weights_under_traffic_drops_nothing() {
 /// is killed with SIGKILL; retries hide it completely.
 #[test]
 fn loadgen_sees_no_failure_when_a_target_is_killed() {
-    let mut ws: Vec<Worker> = (0..3).map(|_| Worker::start(free_port())).collect();
+    let mut ws: Vec<Worker> = (0..3).map(|_| worker(free_port())).collect();
     let ports: Vec<(u16, u32)> = ws.iter().map(|w| (w.port, 1)).collect();
     let h = balancer::start(spec(&ports, &[]), None).unwrap();
     let lg = Command::new(localdr_e2e::bin("localdr"))
@@ -427,7 +398,7 @@ fn read_until_closed(c: &mut TcpStream, t0: Instant) -> (String, Duration) {
 
 #[test]
 fn silent_slow_and_idle_clients_are_closed_after_the_client_timeout() {
-    let w = Worker::start(free_port());
+    let w = worker(free_port());
     let mut s = spec(&[(w.port, 1)], &[]);
     s.timeouts.client = "400ms".into();
     let h = balancer::start(s, None).unwrap();

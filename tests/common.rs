@@ -531,3 +531,40 @@ pub fn terraform_head(state_dir: Option<&Path>) -> String {
     }
     s
 }
+
+/// A test worker process (`localdr-test-worker`, whose path only integration tests know:
+/// pass `env!("CARGO_BIN_EXE_localdr-test-worker")`) serving on `port`; killed on drop, so a
+/// failing test leaves nothing listening.
+pub struct Worker {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Worker {
+    /// Start it and wait (up to 10 s) until it accepts connections.
+    pub fn start(exe: &str, port: u16) -> Worker {
+        let child = Command::new(exe)
+            .args(["--port", &port.to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let w = Worker { port, child };
+        wait_for(
+            &format!("the worker on {port} to start"),
+            std::time::Duration::from_secs(10),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        w
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

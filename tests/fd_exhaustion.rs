@@ -7,9 +7,8 @@
 
 use localdr::runtime::balancer;
 use localdr::spec::{BalancerSpec, Healthchecks, Target, Timeouts, API_VERSION};
-use localdr_e2e::free_port;
+use localdr_e2e::{free_port, Worker};
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,22 +56,8 @@ fn out_of_descriptors_the_balancer_backs_off_then_serves_again() {
             let _ = self.0.wait();
         }
     }
-    let worker_port = free_port();
-    let _worker = Kill(
-        Command::new(env!("CARGO_BIN_EXE_localdr-test-worker"))
-            .args(["--port", &worker_port.to_string()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", worker_port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "worker did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let worker = Worker::start(env!("CARGO_BIN_EXE_localdr-test-worker"), free_port());
+    let worker_port = worker.port;
 
     let mut hc = Healthchecks::default();
     hc.active.healthy.interval = "0s".into(); // no checks: they would need descriptors too
