@@ -37,9 +37,18 @@ impl Runner {
         }
     }
 
-    fn reload(&self, spec: BalancerSpec) {
+    /// Swap `spec` in. A followed service's replicas are read afresh: switching from static
+    /// targets to a service must not leave the balancer without targets until the follower's
+    /// next look at the status file.
+    fn reload(&self, spec: BalancerSpec, sd: &StateDir) {
         match self {
-            Runner::Http(h) => h.lb.reload(spec, None),
+            Runner::Http(h) => {
+                let followed = spec
+                    .service
+                    .as_ref()
+                    .map(|svc| balancer::service_addresses(sd, svc));
+                h.lb.reload(spec, followed)
+            }
             Runner::Queue(q) => q.reload(spec),
         }
     }
@@ -114,7 +123,7 @@ impl Balancers {
             let mut error = None;
             if in_place {
                 tracing::info!(balancer = %name, "reloading in place");
-                handle.as_ref().expect("checked").reload(spec.clone());
+                handle.as_ref().expect("checked").reload(spec.clone(), sd);
             } else {
                 if let Some(h) = handle.take() {
                     h.stop();
@@ -221,5 +230,90 @@ fn placeholder(name: &str) -> BalancerSpec {
         queue: None,
         slow_start: "0s".into(),
         access_log: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{ReplicaStatus, ServiceStatus, Target};
+
+    fn replica(index: u32, port: u16) -> ReplicaStatus {
+        ReplicaStatus {
+            index,
+            port,
+            pid: None,
+            pid_start: 0,
+            state: "running".into(),
+            health: "healthy".into(),
+            restarts: 0,
+            last_exit: None,
+            started_at: None,
+        }
+    }
+
+    fn addresses(b: &Balancers) -> Vec<String> {
+        match &b.running["lb"].handle {
+            Some(Runner::Http(h)) => h.lb.targets().iter().map(|t| t.address.clone()).collect(),
+            _ => panic!("no HTTP balancer running"),
+        }
+    }
+
+    /// Static targets replaced by the service whose replicas they were (what the e2e test
+    /// does): the reload must hand over the replicas at once, not leave the balancer with no
+    /// target until the follower next reads the status file (it answered 503 meanwhile).
+    #[test]
+    fn switching_from_static_targets_to_their_service_keeps_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(tmp.path());
+        sd.create().unwrap();
+        let ports = [40001, 40002];
+        let status = ServiceStatus {
+            api_version: crate::spec::API_VERSION,
+            name: "web".into(),
+            spec_hash: String::new(),
+            generation: 1,
+            desired: 2,
+            reason: "spec".into(),
+            replicas: vec![replica(0, ports[0]), replica(1, ports[1])],
+            schedule: None,
+            in_flight: 0,
+            updated_at: String::new(),
+        };
+        std::fs::create_dir_all(sd.status_dir()).unwrap();
+        crate::atomic::write_json(&sd.status_path("web"), &status).unwrap();
+        let want: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+
+        let mut spec = placeholder("lb");
+        // Fixed ports, as in HCL: with port 0 every reload would be a restart.
+        let free = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        spec.listen = free();
+        spec.admin_listen = free();
+        spec.access_log = false;
+        spec.targets = want
+            .iter()
+            .map(|a| Target {
+                address: a.clone(),
+                weight: 1,
+            })
+            .collect();
+        let mut b = Balancers::default();
+        sd.write_balancer(&spec).unwrap();
+        b.tick(&sd);
+        assert_eq!(addresses(&b), want);
+
+        spec.targets.clear();
+        spec.service = Some("web".into());
+        sd.write_balancer(&spec).unwrap();
+        b.tick(&sd);
+        assert!(
+            matches!(&b.running["lb"].handle, Some(Runner::Http(h)) if h.listen.to_string() == spec.listen),
+            "reloaded in place"
+        );
+        assert_eq!(addresses(&b), want, "targets right after the reload");
+        b.stop_all(&sd);
     }
 }

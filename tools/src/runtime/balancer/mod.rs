@@ -111,15 +111,21 @@ impl Balancer {
                     .map(|r| RateLimiter::new(r.requests_per_minute, r.burst)),
             ));
         }
-        // Without fresh replica addresses, a followed service keeps the ones it has.
+        // Without fresh replica addresses, a followed service keeps the ones it has (when it
+        // followed the same service before; otherwise the follower fills them in shortly).
         let followed = service_targets.or_else(|| {
-            spec.service.as_ref().map(|_| {
-                self.targets()
-                    .iter()
-                    .filter(|t| !t.backup && !old.targets.iter().any(|s| s.address == t.address))
-                    .map(|t| t.address.clone())
-                    .collect()
-            })
+            spec.service
+                .as_ref()
+                .filter(|_| old.service == spec.service)
+                .map(|_| {
+                    self.targets()
+                        .iter()
+                        .filter(|t| {
+                            !t.backup && !old.targets.iter().any(|s| s.address == t.address)
+                        })
+                        .map(|t| t.address.clone())
+                        .collect()
+                })
         });
         self.set_targets(&spec, followed);
         self.slow_start_ms.store(slow_ms(&spec), Ordering::Relaxed);
@@ -545,7 +551,7 @@ async fn active_checks(
 }
 
 /// The followed service's running replicas, from the status the agent publishes.
-fn service_addresses(sd: &StateDir, svc: &str) -> Vec<String> {
+pub fn service_addresses(sd: &StateDir, svc: &str) -> Vec<String> {
     sd.read_status(svc)
         .ok()
         .flatten()
