@@ -6,6 +6,8 @@
 # req/s, p50, p99 and the proxy's CPU µs per request (utime+stime from /proc, all of the
 # proxy's processes and threads, divided by the requests wrk completed).
 # Usage: REPS=5 DURATION=10 bash bench/proxy.sh [WORKDIR]   (not part of the tests)
+# LOCALDR_B=/path/to/another/localdr adds a fifth target, "localdr-b": that build run the
+# same way, interleaved with the rest, for an A/B comparison of two builds in one run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 W="${1:-$ROOT/bench/out/proxy}"
@@ -22,10 +24,11 @@ fi
 NGINX="$(command -v nginx)"; HAPROXY="$(command -v haproxy)"
 LOCALDR="$ROOT/target/release/localdr"
 rm -rf "$W"; mkdir -p "$W"/{up,px,state/balancers,logs}
-read -r P_UP1 P_UP2 P_NGX P_HAP P_LDR <<<"$(python3 - <<'PY'
+LOCALDR_B="${LOCALDR_B:-}"
+read -r P_UP1 P_UP2 P_NGX P_HAP P_LDR P_LDRB <<<"$(python3 - <<'PY'
 import socket
 ss=[]
-for _ in range(5):
+for _ in range(6):
     s=socket.socket(); s.bind(("127.0.0.1",0)); ss.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in ss))
 PY
@@ -34,6 +37,7 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   "$LOCALDR" agent stop --state-dir "$W/state" >/dev/null 2>&1 || true
+  [ -z "$LOCALDR_B" ] || "$LOCALDR_B" agent stop --state-dir "$W/state-b" >/dev/null 2>&1 || true
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -135,6 +139,13 @@ cat > "$W/state/balancers/bench.json" <<CONF
 }
 CONF
 taskset -c 1 "$LOCALDR" agent --state-dir "$W/state" >"$W/agent.log" 2>&1 & PIDS+=($!); LDR_PID=$!
+TARGETS=(direct nginx haproxy localdr); LDRB_PID=""
+if [ -n "$LOCALDR_B" ]; then
+  mkdir -p "$W/state-b/balancers"
+  sed "s/127.0.0.1:$P_LDR/127.0.0.1:$P_LDRB/" "$W/state/balancers/bench.json" >"$W/state-b/balancers/bench.json"
+  taskset -c 1 "$LOCALDR_B" agent --state-dir "$W/state-b" >"$W/agent-b.log" 2>&1 & PIDS+=($!); LDRB_PID=$!
+  TARGETS+=(localdr-b)
+fi
 
 up() { python3 - "$1" <<'PY'
 import socket, sys, time
@@ -147,11 +158,11 @@ while time.time() < end:
 sys.exit(1)
 PY
 }
-for p in $P_UP1 $P_UP2 $P_NGX $P_HAP $P_LDR; do up "$p" || { echo "nothing listens on $p"; tail "$W"/*.log "$W"/*/error.log; exit 1; }; done
+for p in $P_UP1 $P_UP2 $P_NGX $P_HAP $P_LDR ${LOCALDR_B:+$P_LDRB}; do up "$p" || { echo "nothing listens on $p"; tail "$W"/*.log "$W"/*/error.log; exit 1; }; done
 sleep 3  # HAProxy and localdr: first active checks pass
 
 # Every proxy must alternate between both upstreams.
-for spec in "nginx:$P_NGX" "haproxy:$P_HAP" "localdr:$P_LDR"; do
+for spec in "nginx:$P_NGX" "haproxy:$P_HAP" "localdr:$P_LDR" ${LOCALDR_B:+"localdr-b:$P_LDRB"}; do
   name="${spec%%:*}"; port="${spec##*:}"
   seen=$(for _ in 1 2 3 4 5 6; do curl -s -D - -o /dev/null "http://127.0.0.1:$port/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-upstream"{print $2}'; done | sort -u | tr '\n' ' ')
   [ "$(wc -w <<<"$seen")" = 2 ] || { echo "$name does not alternate between the upstreams (saw: $seen)"; exit 1; }
@@ -181,11 +192,11 @@ ticks() {
   done
   echo "$total"
 }
-declare -A PIDOF=([direct]="" [nginx]="$NGX_MASTER" [haproxy]="$HAP_PID" [localdr]="$LDR_PID")
-declare -A PORT=([direct]="$P_UP1" [nginx]="$P_NGX" [haproxy]="$P_HAP" [localdr]="$P_LDR")
+declare -A PIDOF=([direct]="" [nginx]="$NGX_MASTER" [haproxy]="$HAP_PID" [localdr]="$LDR_PID" [localdr-b]="$LDRB_PID")
+declare -A PORT=([direct]="$P_UP1" [nginx]="$P_NGX" [haproxy]="$P_HAP" [localdr]="$P_LDR" [localdr-b]="$P_LDRB")
 RES="$W/results.txt"; : > "$RES"
 for rep in $(seq "$REPS"); do
-  for t in direct nginx haproxy localdr; do
+  for t in "${TARGETS[@]}"; do
     url="http://127.0.0.1:${PORT[$t]}/"
     taskset -c 0 wrk -t1 -c32 -d3s "$url" >/dev/null
     before=0; [ -n "${PIDOF[$t]}" ] && before=$(ticks ${PIDOF[$t]})
@@ -222,10 +233,12 @@ def rng(t, i, f): v = col(t, i); return f"{f.format(min(v))}–{f.format(max(v))
 print()
 print(f"| target | req/s (median, min–max) | p50 ms | p99 ms | proxy CPU µs/req | non-2xx |")
 print(f"|---|---|---|---|---|---|")
-for t in ["direct", "nginx", "haproxy", "localdr"]:
+for t in [t for t in ["direct", "nginx", "haproxy", "localdr", "localdr-b"] if t in by]:
     cpu = "—" if t == "direct" else f"{med(t,3):.1f} ({rng(t,3,'{:.1f}')})"
     print(f"| {t} | {med(t,0):,.0f} ({rng(t,0,'{:,.0f}')}) | {med(t,1):.2f} | {med(t,2):.2f} ({rng(t,2,'{:.2f}')}) | {cpu} | {sum(col(t,4))} |")
 print()
 for peer in ["nginx", "haproxy"]:
     print(f"localdr / {peer}: req/s {med('localdr',0)/med(peer,0):.2f}×, p99 {med('localdr',2)/med(peer,2):.2f}×, CPU µs/req {med('localdr',3)/med(peer,3):.2f}×")
+if "localdr-b" in by:
+    print(f"localdr / localdr-b: req/s {med('localdr',0)/med('localdr-b',0):.2f}×, p99 {med('localdr',2)/med('localdr-b',2):.2f}×, CPU µs/req {med('localdr',3)/med('localdr-b',3):.2f}×")
 PY

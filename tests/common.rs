@@ -462,23 +462,26 @@ pub fn wait_for(
     start.elapsed()
 }
 
+/// A free port, picked at run time.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    free_ports(1)
 }
 
 /// A base port with `n` consecutive free ports (picked at run time).
+///
+/// They are picked below the kernel's ephemeral range (`ip_local_port_range`), which is
+/// where `bind(0)` would pick them but also where every outgoing connection takes its
+/// source port: a port found free there and released could be taken by any test's next
+/// connection before the server under test binds it (seen as "address in use" in CI).
 pub fn free_ports(n: u16) -> u16 {
-    'outer: for _ in 0..200 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = l.local_addr().unwrap().port();
-        drop(l);
-        if base > 65000 {
-            continue;
-        }
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.saturating_sub(n));
+    assert!(to > from + 1000, "ephemeral range starts too low ({low})");
+    'outer: for _ in 0..1000 {
+        let base = from + (random() % u64::from(to - from)) as u16;
         for p in base..base + n {
             if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
                 continue 'outer;
@@ -487,6 +490,15 @@ pub fn free_ports(n: u16) -> u16 {
         return base;
     }
     panic!("no run of {n} free ports");
+}
+
+/// A random number without a dependency: std's hasher keys are random per process and
+/// change with every `RandomState`.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Stops the agent and kills every worker its status names when the test ends, pass or fail.

@@ -27,10 +27,14 @@ impl Runner {
     fn reloads(&self, spec: &BalancerSpec) -> bool {
         match self {
             Runner::Http(h) => {
+                // The same address as before, or the one a port-0 spec was given.
                 let old = h.lb.config();
+                let same = |was: &str, bound: std::net::SocketAddr, now: &str| {
+                    was == now || bound.to_string() == now
+                };
                 spec.mode == "http"
-                    && old.listen == spec.listen
-                    && old.admin_listen == spec.admin_listen
+                    && same(&old.listen, h.listen, &spec.listen)
+                    && same(&old.admin_listen, h.admin, &spec.admin_listen)
                     && old.access_log == spec.access_log
             }
             Runner::Queue(q) => spec.mode == "queue" && queue::same_dirs(&q.config(), spec),
@@ -237,6 +241,7 @@ fn placeholder(name: &str) -> BalancerSpec {
 mod tests {
     use super::*;
     use crate::spec::{ReplicaStatus, ServiceStatus, Target};
+    use std::sync::Arc;
 
     fn replica(index: u32, port: u16) -> ReplicaStatus {
         ReplicaStatus {
@@ -285,13 +290,8 @@ mod tests {
         let want: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
 
         let mut spec = placeholder("lb");
-        // Fixed ports, as in HCL: with port 0 every reload would be a restart.
-        let free = || {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().to_string()
-        };
-        spec.listen = free();
-        spec.admin_listen = free();
+        spec.listen = "127.0.0.1:0".into();
+        spec.admin_listen = "127.0.0.1:0".into();
         spec.access_log = false;
         spec.targets = want
             .iter()
@@ -305,13 +305,19 @@ mod tests {
         b.tick(&sd);
         assert_eq!(addresses(&b), want);
 
+        // The addresses it bound, as HCL would state them: a reload, not a restart.
+        let Some(Runner::Http(h)) = &b.running["lb"].handle else {
+            panic!("no HTTP balancer running")
+        };
+        (spec.listen, spec.admin_listen) = (h.listen.to_string(), h.admin.to_string());
+        let first = h.lb.clone();
         spec.targets.clear();
         spec.service = Some("web".into());
         sd.write_balancer(&spec).unwrap();
         b.tick(&sd);
         assert!(
-            matches!(&b.running["lb"].handle, Some(Runner::Http(h)) if h.listen.to_string() == spec.listen),
-            "reloaded in place"
+            matches!(&b.running["lb"].handle, Some(Runner::Http(h)) if Arc::ptr_eq(&h.lb, &first)),
+            "reloaded in place, not restarted"
         );
         assert_eq!(addresses(&b), want, "targets right after the reload");
         b.stop_all(&sd);

@@ -7,6 +7,7 @@
 
 mod accept;
 pub mod admin;
+mod chunked;
 pub mod pick;
 pub mod proxy;
 pub mod ratelimit;

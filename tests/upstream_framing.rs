@@ -1,0 +1,273 @@
+//! The balancer's own HTTP/1.1 client against a target that answers every way an answer
+//! can be framed (chunked with extensions and trailers, close-delimited, 204, HEAD, 1xx
+//! interim answers, a large body), on real loopback sockets. It passes each on intact,
+//! reuses a connection only when the answer before ended cleanly, and notices an idle
+//! connection the target closed before sending a request that must not be repeated.
+
+use localdr::runtime::balancer;
+use localdr::spec::{BalancerSpec, Healthchecks, Target, Timeouts, API_VERSION};
+use localdr_e2e::free_port;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BIG: usize = 1_000_000;
+
+/// A target on a free port that answers by path; counts the connections it accepted.
+struct Upstream {
+    port: u16,
+    conns: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn target() -> Upstream {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (c, s) = (conns.clone(), stop.clone());
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            if s.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok(conn) = conn else { continue };
+            c.fetch_add(1, Ordering::Relaxed);
+            std::thread::spawn(move || serve(conn));
+        }
+    });
+    Upstream { port, conns, stop }
+}
+
+/// Answer requests on one connection until it closes or an answer ends it.
+fn serve(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut b = [0u8; 4096];
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let mut words = head.split_whitespace();
+        let (method, path) = (
+            words.next().unwrap().to_string(),
+            words.next().unwrap().to_string(),
+        );
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        while buf.len() < end + len {
+            let mut b = [0u8; 4096];
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+        }
+        let body = buf[end..end + len].to_vec();
+        buf.drain(..end + len);
+        let out: Vec<u8> = match (method.as_str(), path.as_str()) {
+            (_, "/chunked") => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n".to_vec(),
+            (_, "/nocontent") => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            (_, "/continue") => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            ("head", _) => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".to_vec(),
+            (_, "/big") => {
+                let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n").into_bytes();
+                v.extend(std::iter::repeat_n(b'x', BIG));
+                v
+            }
+            (_, "/echo") => {
+                let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+                v.extend_from_slice(&body);
+                v
+            }
+            (_, "/close") => {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end");
+                return;
+            }
+            (_, "/then-close") => {
+                // Keep-alive by its head, then the target closes it, as an idle timeout does.
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                return;
+            }
+            (_, "/bad-chunk") => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n".to_vec(),
+            (_, "/extra") => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK".to_vec(),
+            _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        };
+        if s.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+fn spec(port: u16) -> BalancerSpec {
+    let mut hc = Healthchecks::default();
+    // No active checks: they would open connections of their own and blur the count.
+    hc.active.healthy.interval = "0s".into();
+    hc.active.unhealthy.interval = "0s".into();
+    BalancerSpec {
+        api_version: API_VERSION,
+        name: "framing".into(),
+        listen: format!("127.0.0.1:{}", free_port()),
+        service: None,
+        targets: vec![Target {
+            address: format!("127.0.0.1:{port}"),
+            weight: 1,
+        }],
+        backup_targets: vec![],
+        algorithm: "round-robin".into(),
+        healthchecks: hc,
+        retries: 0,
+        timeouts: Timeouts {
+            connect: "2s".into(),
+            read: "10s".into(),
+            write: "10s".into(),
+            client: "10s".into(),
+        },
+        rate_limit: None,
+        admin_listen: "127.0.0.1:0".into(),
+        mode: "http".into(),
+        queue: None,
+        slow_start: "0s".into(),
+        access_log: false,
+    }
+}
+
+/// One request per client connection: status, lower-cased head, decoded body, and
+/// whether the body arrived complete.
+fn call(port: u16, method: &str, path: &str, body: &str) -> (u16, String, Vec<u8>, bool) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    // No head at all: the balancer gave up on the answer before sending anything.
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (0, String::new(), raw, false);
+    };
+    let end = end + 4;
+    let head = String::from_utf8_lossy(&raw[..end]).to_lowercase();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let rest = &raw[end..];
+    if head.contains("transfer-encoding: chunked") {
+        let (b, complete) = dechunk(rest);
+        (code, head, b, complete)
+    } else {
+        let want = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse::<usize>().unwrap());
+        let complete = want.is_none_or(|n| method == "HEAD" || n == rest.len());
+        (code, head, rest.to_vec(), complete)
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    loop {
+        let Some(i) = b.windows(2).position(|w| w == b"\r\n") else {
+            return (out, false);
+        };
+        let Ok(n) = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap_or("x"), 16) else {
+            return (out, false);
+        };
+        b = &b[i + 2..];
+        if n == 0 {
+            return (
+                out,
+                b.starts_with(b"\r\n") || b.windows(4).any(|w| w == b"\r\n\r\n"),
+            );
+        }
+        if b.len() < n + 2 {
+            out.extend_from_slice(&b[..b.len().min(n)]);
+            return (out, false);
+        }
+        out.extend_from_slice(&b[..n]);
+        b = &b[n + 2..];
+    }
+}
+
+#[test]
+fn every_framing_passes_intact_and_only_clean_connections_are_reused() {
+    let t = target();
+    let h = balancer::start(spec(t.port), None).unwrap();
+    let lb = h.listen.port();
+    let conns = || t.conns.load(Ordering::Relaxed);
+
+    let (c, _, b, ok) = call(lb, "GET", "/chunked", "");
+    assert_eq!((c, b.as_slice(), ok), (200, &b"hello world"[..], true));
+    let (c, _, b, ok) = call(lb, "GET", "/nocontent", "");
+    assert_eq!((c, b.len(), ok), (204, 0, true));
+    let (c, head, b, ok) = call(lb, "GET", "/continue", "");
+    assert_eq!((c, b.as_slice(), ok), (200, &b"ok"[..], true), "{head}");
+    let (c, head, b, _) = call(lb, "HEAD", "/len", "");
+    assert_eq!((c, b.len()), (200, 0));
+    assert!(head.contains("content-length: 10"), "{head}");
+    let (c, _, b, ok) = call(lb, "GET", "/big", "");
+    assert_eq!((c, b.len(), ok), (200, BIG, true));
+    assert!(b.iter().all(|&x| x == b'x'));
+    let (c, _, b, _) = call(lb, "POST", "/echo", "a body");
+    assert_eq!((c, b.as_slice()), (200, &b"a body"[..]));
+    assert_eq!(
+        conns(),
+        1,
+        "every answer so far ended cleanly: one connection, reused"
+    );
+
+    // Close-delimited: read to the end, then that connection is gone.
+    let (c, _, b, ok) = call(lb, "GET", "/close", "");
+    assert_eq!((c, b.as_slice(), ok), (200, &b"until the end"[..], true));
+    let (c, ..) = call(lb, "GET", "/chunked", "");
+    assert_eq!((c, conns()), (200, 2));
+
+    // A malformed chunked answer is cut off for the client and its connection dropped.
+    let (c, _, b, ok) = call(lb, "GET", "/bad-chunk", "");
+    assert!(c == 200 || c == 0, "{c}");
+    assert!(!ok, "a broken answer must not look complete: {b:?}");
+    let (c, ..) = call(lb, "GET", "/chunked", "");
+    assert_eq!((c, conns()), (200, 3));
+
+    // Bytes after the answer: the connection is out of step and not reused.
+    let (c, _, b, _) = call(lb, "GET", "/extra", "");
+    assert_eq!((c, b.as_slice()), (200, &b"ok"[..]));
+    let (c, ..) = call(lb, "GET", "/chunked", "");
+    assert_eq!((c, conns()), (200, 4));
+
+    // The target closes an idle connection: a POST (never repeated) still goes through,
+    // on a fresh connection.
+    let (c, ..) = call(lb, "GET", "/then-close", "");
+    assert_eq!(c, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let (c, _, b, _) = call(lb, "POST", "/echo", "once");
+    assert_eq!((c, b.as_slice()), (200, &b"once"[..]));
+    assert_eq!(conns(), 5);
+
+    // A body too big to keep streams through on a connection of its own.
+    let big = "y".repeat(200_000);
+    let (c, _, b, ok) = call(lb, "POST", "/echo", &big);
+    assert_eq!((c, b.len(), ok), (200, big.len(), true));
+    assert!(b.iter().all(|&x| x == b'y'));
+    assert_eq!(conns(), 6);
+    h.stop();
+}
