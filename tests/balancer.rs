@@ -3,7 +3,7 @@
 //! rate limiting with Retry-After, hot reload under traffic, request ids and the admin API.
 
 use localdr::runtime::balancer;
-use localdr::spec::{BalancerSpec, Healthchecks, RateLimit, Target, Timeouts, API_VERSION};
+use localdr::spec::{BalancerSpec, RateLimit, Target};
 use localdr_e2e::{free_port, Worker};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -35,45 +35,20 @@ fn get(port: u16, path: &str, extra: &str) -> (u16, String) {
 }
 
 fn spec(targets: &[(u16, u32)], backups: &[u16]) -> BalancerSpec {
-    let mut hc = Healthchecks::default();
-    hc.active.http_path = "/health".into();
-    hc.active.healthy.interval = "200ms".into();
-    hc.active.unhealthy.interval = "200ms".into();
-    BalancerSpec {
-        api_version: API_VERSION,
-        name: "web".into(),
-        listen: format!("127.0.0.1:{}", free_port()),
-        service: None,
-        targets: targets
-            .iter()
-            .map(|(p, w)| Target {
-                address: format!("127.0.0.1:{p}"),
-                weight: *w,
-            })
-            .collect(),
-        backup_targets: backups
-            .iter()
-            .map(|p| Target {
-                address: format!("127.0.0.1:{p}"),
-                weight: 1,
-            })
-            .collect(),
-        algorithm: "round-robin".into(),
-        healthchecks: hc,
-        retries: 5,
-        timeouts: Timeouts {
-            connect: "2s".into(),
-            read: "10s".into(),
-            write: "10s".into(),
-            client: "10s".into(),
-        },
-        rate_limit: None,
-        admin_listen: "127.0.0.1:0".into(),
-        mode: "http".into(),
-        queue: None,
-        slow_start: "0s".into(),
-        access_log: true,
-    }
+    let mut s = localdr_e2e::balancer_spec("web", targets);
+    s.healthchecks.active.http_path = "/health".into();
+    s.healthchecks.active.healthy.interval = "200ms".into();
+    s.healthchecks.active.unhealthy.interval = "200ms".into();
+    s.backup_targets = backups
+        .iter()
+        .map(|p| Target {
+            address: format!("127.0.0.1:{p}"),
+            weight: 1,
+        })
+        .collect();
+    s.retries = 5;
+    s.access_log = true;
+    s
 }
 
 fn port_of(body: &str) -> u16 {

@@ -580,3 +580,43 @@ impl Drop for Worker {
         self.kill();
     }
 }
+
+/// An HTTP balancer spec for engine tests: `targets` (port, weight) on 127.0.0.1, a free
+/// listen port, admin on any port, no active health checks (tests that want them set the
+/// intervals), no retries, 2 s to connect and 10 s for the rest, no access log. Tests
+/// change the fields they are about.
+pub fn balancer_spec(name: &str, targets: &[(u16, u32)]) -> localdr::spec::BalancerSpec {
+    use localdr::spec::{BalancerSpec, Healthchecks, Target, Timeouts, API_VERSION};
+    let mut hc = Healthchecks::default();
+    hc.active.healthy.interval = "0s".into();
+    hc.active.unhealthy.interval = "0s".into();
+    BalancerSpec {
+        api_version: API_VERSION,
+        name: name.into(),
+        listen: format!("127.0.0.1:{}", free_port()),
+        service: None,
+        targets: targets
+            .iter()
+            .map(|(p, w)| Target {
+                address: format!("127.0.0.1:{p}"),
+                weight: *w,
+            })
+            .collect(),
+        backup_targets: vec![],
+        algorithm: "round-robin".into(),
+        healthchecks: hc,
+        retries: 0,
+        timeouts: Timeouts {
+            connect: "2s".into(),
+            read: "10s".into(),
+            write: "10s".into(),
+            client: "10s".into(),
+        },
+        rate_limit: None,
+        admin_listen: "127.0.0.1:0".into(),
+        mode: "http".into(),
+        queue: None,
+        slow_start: "0s".into(),
+        access_log: false,
+    }
+}

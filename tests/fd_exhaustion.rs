@@ -6,7 +6,7 @@
 //! test running beside it.
 
 use localdr::runtime::balancer;
-use localdr::spec::{BalancerSpec, Healthchecks, Target, Timeouts, API_VERSION};
+use localdr::spec::Timeouts;
 use localdr_e2e::{free_port, Worker};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -59,30 +59,10 @@ fn out_of_descriptors_the_balancer_backs_off_then_serves_again() {
     let worker = Worker::start(env!("CARGO_BIN_EXE_localdr-test-worker"), free_port());
     let worker_port = worker.port;
 
-    let mut hc = Healthchecks::default();
-    hc.active.healthy.interval = "0s".into(); // no checks: they would need descriptors too
-    hc.active.unhealthy.interval = "0s".into();
-    let spec = BalancerSpec {
-        api_version: API_VERSION,
-        name: "fd".into(),
-        listen: format!("127.0.0.1:{}", free_port()),
-        service: None,
-        targets: vec![Target {
-            address: format!("127.0.0.1:{worker_port}"),
-            weight: 1,
-        }],
-        backup_targets: vec![],
-        algorithm: "round-robin".into(),
-        healthchecks: hc,
-        retries: 2,
-        timeouts: Timeouts::default(),
-        rate_limit: None,
-        admin_listen: "127.0.0.1:0".into(),
-        mode: "http".into(),
-        queue: None,
-        slow_start: "0s".into(),
-        access_log: false,
-    };
+    // No active checks (the default here): they would need descriptors too.
+    let mut spec = localdr_e2e::balancer_spec("fd", &[(worker_port, 1)]);
+    spec.retries = 2;
+    spec.timeouts = Timeouts::default();
     let h = balancer::start(spec, None).unwrap();
     let listen = h.listen;
 

@@ -5,8 +5,6 @@
 //! connection the target closed before sending a request that must not be repeated.
 
 use localdr::runtime::balancer;
-use localdr::spec::{BalancerSpec, Healthchecks, Target, Timeouts, API_VERSION};
-use localdr_e2e::free_port;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -116,39 +114,6 @@ fn serve(mut s: TcpStream) {
     }
 }
 
-fn spec(port: u16) -> BalancerSpec {
-    let mut hc = Healthchecks::default();
-    // No active checks: they would open connections of their own and blur the count.
-    hc.active.healthy.interval = "0s".into();
-    hc.active.unhealthy.interval = "0s".into();
-    BalancerSpec {
-        api_version: API_VERSION,
-        name: "framing".into(),
-        listen: format!("127.0.0.1:{}", free_port()),
-        service: None,
-        targets: vec![Target {
-            address: format!("127.0.0.1:{port}"),
-            weight: 1,
-        }],
-        backup_targets: vec![],
-        algorithm: "round-robin".into(),
-        healthchecks: hc,
-        retries: 0,
-        timeouts: Timeouts {
-            connect: "2s".into(),
-            read: "10s".into(),
-            write: "10s".into(),
-            client: "10s".into(),
-        },
-        rate_limit: None,
-        admin_listen: "127.0.0.1:0".into(),
-        mode: "http".into(),
-        queue: None,
-        slow_start: "0s".into(),
-        access_log: false,
-    }
-}
-
 /// One request per client connection: status, lower-cased head, decoded body, and
 /// whether the body arrived complete.
 fn call(port: u16, method: &str, path: &str, body: &str) -> (u16, String, Vec<u8>, bool) {
@@ -211,7 +176,7 @@ fn dechunk(mut b: &[u8]) -> (Vec<u8>, bool) {
 #[test]
 fn every_framing_passes_intact_and_only_clean_connections_are_reused() {
     let t = target();
-    let h = balancer::start(spec(t.port), None).unwrap();
+    let h = balancer::start(localdr_e2e::balancer_spec("framing", &[(t.port, 1)]), None).unwrap();
     let lb = h.listen.port();
     let conns = || t.conns.load(Ordering::Relaxed);
 
