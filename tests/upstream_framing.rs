@@ -1,8 +1,9 @@
 //! The balancer's own HTTP/1.1 client against a target that answers every way an answer
 //! can be framed (chunked with extensions and trailers, close-delimited, 204, HEAD, 1xx
-//! interim answers, a large body), on real loopback sockets. It passes each on intact,
-//! reuses a connection only when the answer before ended cleanly, and notices an idle
-//! connection the target closed before sending a request that must not be repeated.
+//! interim answers, a large body), on real loopback sockets. It passes each on intact
+//! (less the hop-by-hop headers, including those `Connection` names), reuses a connection
+//! only when the answer before ended cleanly, and notices an idle connection the target
+//! closed before sending a request that must not be repeated.
 
 use localdr::runtime::balancer;
 use std::io::{Read, Write};
@@ -60,7 +61,8 @@ fn serve(mut s: TcpStream) {
                 Ok(n) => buf.extend_from_slice(&b[..n]),
             }
         };
-        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let buf_head = buf[..end].to_vec();
+        let head = String::from_utf8_lossy(&buf_head).to_lowercase();
         let mut words = head.split_whitespace();
         let (method, path) = (
             words.next().unwrap().to_string(),
@@ -105,6 +107,16 @@ fn serve(mut s: TcpStream) {
                 return;
             }
             (_, "/bad-chunk") => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n".to_vec(),
+            (_, "/head") => {
+                // The request head as the target saw it, and a header of its own that its
+                // Connection header makes hop-by-hop.
+                let seen = String::from_utf8_lossy(&buf_head).to_string();
+                format!(
+                    "HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nX-Kept: 1\r\nContent-Length: {}\r\n\r\n{seen}",
+                    seen.len()
+                )
+                .into_bytes()
+            }
             (_, "/extra") => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK".to_vec(),
             _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
         };
@@ -199,6 +211,22 @@ fn every_framing_passes_intact_and_only_clean_connections_are_reused() {
         1,
         "every answer so far ended cleanly: one connection, reused"
     );
+
+    // Headers the Connection header names are dropped both ways (RFC 9110 §7.6.1).
+    let mut s = TcpStream::connect(("127.0.0.1", lb)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /head HTTP/1.1\r\nHost: x\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nX-Public: 1\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let raw = raw.to_lowercase();
+    assert!(raw.starts_with("http/1.1 200"), "{raw}");
+    assert!(
+        raw.contains("x-public: 1") && !raw.contains("x-secret"),
+        "{raw}"
+    );
+    assert!(raw.contains("x-kept: 1") && !raw.contains("x-hop"), "{raw}");
+    assert_eq!(conns(), 1);
 
     // Close-delimited: read to the end, then that connection is gone.
     let (c, _, b, ok) = call(lb, "GET", "/close", "");

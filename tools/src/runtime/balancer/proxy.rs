@@ -166,6 +166,33 @@ fn hop_by_hop() -> [&'static HeaderName; 8] {
     ]
 }
 
+/// Drop the hop-by-hop headers: the fixed ones, and any the `Connection` header names
+/// (RFC 9110 §7.6.1: `Connection: close, X-Secret` makes `X-Secret` the sender's business
+/// with this hop only). No allocation unless such a name is there.
+fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in h.get_all(hyper::header::CONNECTION) {
+        for t in v.as_bytes().split(|&b| b == b',') {
+            let t = t.trim_ascii();
+            if t.is_empty()
+                || t.eq_ignore_ascii_case(b"close")
+                || t.eq_ignore_ascii_case(b"keep-alive")
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(t) {
+                named.push(n);
+            }
+        }
+    }
+    for n in named {
+        h.remove(n);
+    }
+    for n in hop_by_hop() {
+        h.remove(n);
+    }
+}
+
 fn idempotent(m: &hyper::Method) -> bool {
     matches!(
         *m,
@@ -261,9 +288,7 @@ pub async fn handle(
         None => peer_ip,
     };
     let mut headers = std::mem::take(&mut parts.headers);
-    for h in hop_by_hop() {
-        headers.remove(h);
-    }
+    strip_hop_by_hop(&mut headers);
     headers.insert(&X_FORWARDED_FOR, xff);
     headers.insert(&X_REQUEST_ID, rid.clone());
     // Origin-form to the target; the client's Host goes along (or the target's, if none).
@@ -362,9 +387,7 @@ pub async fn handle(
                     && can_retry) =>
             {
                 let (mut rp, rb) = resp.into_parts();
-                for h in hop_by_hop() {
-                    rp.headers.remove(h);
-                }
+                strip_hop_by_hop(&mut rp.headers);
                 rp.headers.insert(&X_REQUEST_ID, rid.clone());
                 lb.finish(
                     request_id,
