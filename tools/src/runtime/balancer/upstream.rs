@@ -73,18 +73,14 @@ impl Conn {
         }
     }
 
-    /// Read more into `buf`; `Ok(0)` at the end of the stream.
+    /// Read more into `buf`; `Ok(0)` at the end of the stream. Through `AsyncRead`, so a
+    /// read that leaves room in the buffer (the socket is drained) clears the socket's
+    /// readiness: [`Conn::alive`] then costs no `recv` that could only say EAGAIN.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_CHUNK);
         }
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
