@@ -159,7 +159,8 @@ pub async fn send(
             ),
         };
         if let Err(e) = c.io.write_all(&out).await {
-            // The target closed it while idle and it went unnoticed: nothing arrived.
+            // The target closed it while idle and it went unnoticed: no whole request
+            // reached it, so a fresh connection may carry this one.
             if reused {
                 continue;
             }
