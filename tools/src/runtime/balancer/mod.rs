@@ -100,6 +100,8 @@ impl Balancer {
     }
 
     /// Swap in a new configuration; targets keep their state when their address stays.
+    /// `service_targets`: the followed service's running replicas, read by the caller (the
+    /// agent reads them afresh on every reload); `None` when the spec follows no service.
     pub fn reload(&self, spec: BalancerSpec, service_targets: Option<Vec<String>>) {
         let old = self.config();
         if old.algorithm != spec.algorithm {
@@ -112,23 +114,7 @@ impl Balancer {
                     .map(|r| RateLimiter::new(r.requests_per_minute, r.burst)),
             ));
         }
-        // Without fresh replica addresses, a followed service keeps the ones it has (when it
-        // followed the same service before; otherwise the follower fills them in shortly).
-        let followed = service_targets.or_else(|| {
-            spec.service
-                .as_ref()
-                .filter(|_| old.service == spec.service)
-                .map(|_| {
-                    self.targets()
-                        .iter()
-                        .filter(|t| {
-                            !t.backup && !old.targets.iter().any(|s| s.address == t.address)
-                        })
-                        .map(|t| t.address.clone())
-                        .collect()
-                })
-        });
-        self.set_targets(&spec, followed);
+        self.set_targets(&spec, service_targets);
         self.slow_start_ms.store(slow_ms(&spec), Ordering::Relaxed);
         self.connect_ms.store(
             dur(&spec.timeouts.connect).as_millis() as u64,

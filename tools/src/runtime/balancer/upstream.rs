@@ -216,7 +216,7 @@ async fn read_answer(
     t: &Arc<TargetState>,
     head_only: bool,
 ) -> Result<Response<Body>, SendError> {
-    let http = |m: String| SendError::Http(m);
+    use SendError::Http;
     loop {
         if !c.buf.is_empty() {
             let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -229,13 +229,13 @@ async fn read_answer(
                         continue;
                     }
                     let status = StatusCode::from_u16(code)
-                        .map_err(|_| http(format!("bad status {code}")))?;
+                        .map_err(|_| Http(format!("bad status {code}")))?;
                     let mut headers = HeaderMap::with_capacity(r.headers.len());
                     for h in r.headers.iter() {
                         let k = HeaderName::from_bytes(h.name.as_bytes())
-                            .map_err(|_| http(format!("bad header name {:?}", h.name)))?;
+                            .map_err(|_| Http(format!("bad header name {:?}", h.name)))?;
                         let v = HeaderValue::from_bytes(h.value)
-                            .map_err(|_| http(format!("bad value for header {k}")))?;
+                            .map_err(|_| Http(format!("bad value for header {k}")))?;
                         headers.append(k, v);
                     }
                     let http10 = r.version == Some(0);
@@ -243,16 +243,16 @@ async fn read_answer(
                     return answer(c, t, status, headers, http10, head_only);
                 }
                 Ok(httparse::Status::Partial) if c.buf.len() > MAX_HEAD => {
-                    return Err(http(format!("answer head over {MAX_HEAD} bytes")))
+                    return Err(Http(format!("answer head over {MAX_HEAD} bytes")))
                 }
                 Ok(httparse::Status::Partial) => {}
-                Err(e) => return Err(http(format!("bad answer: {e}"))),
+                Err(e) => return Err(Http(format!("bad answer: {e}"))),
             }
         }
         match c.fill().await {
-            Ok(0) => return Err(http("connection closed before an answer".into())),
+            Ok(0) => return Err(Http("connection closed before an answer".into())),
             Ok(_) => {}
-            Err(e) => return Err(http(e.to_string())),
+            Err(e) => return Err(Http(e.to_string())),
         }
     }
 }
