@@ -64,6 +64,9 @@ fn main() -> anyhow::Result<()> {
     }
     init_logging();
     exit_with_parent();
+    if let Err(e) = nodelay::before_handshake() {
+        tracing::warn!("stdout not routed for TCP_NODELAY (each RPC will set it): {e}");
+    }
     // One thread serves gRPC: with `-parallelism=1` every RPC is on the critical path, and a
     // multi-thread runtime adds cross-core wakeups to each. Long work (snapshots) goes to the
     // blocking pool; Read's vault check is short and runs inline.
