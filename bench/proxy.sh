@@ -183,14 +183,15 @@ for _ in $(seq 30); do i=$(idle); [ "$i" -ge 90 ] && break; done
 echo "machine idle: ${i}% (load average $(cut -d' ' -f1-3 /proc/loadavg)); $(nproc) cores; $REPS repetitions of ${DURATION}s"
 
 TCK=$(getconf CLK_TCK)
-# CPU ticks (utime+stime) of a process and its children processes.
+# CPU ticks of a process and its children processes: "utime stime".
 ticks() {
-  local total=0 p
+  local u=0 s=0 p
   for p in "$@" $(for q in "$@"; do pgrep -P "$q" || true; done); do
     [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
+    read -r pu ps < <(awk '{sub(/.*\) /, ""); print $12, $13}' "/proc/$p/stat")
+    u=$((u + pu)); s=$((s + ps))
   done
-  echo "$total"
+  echo "$u $s"
 }
 declare -A PIDOF=([direct]="" [nginx]="$NGX_MASTER" [haproxy]="$HAP_PID" [localdr]="$LDR_PID" [localdr-b]="$LDRB_PID")
 declare -A PORT=([direct]="$P_UP1" [nginx]="$P_NGX" [haproxy]="$P_HAP" [localdr]="$P_LDR" [localdr-b]="$P_LDRB")
@@ -199,12 +200,14 @@ for rep in $(seq "$REPS"); do
   for t in "${TARGETS[@]}"; do
     url="http://127.0.0.1:${PORT[$t]}/"
     taskset -c 0 wrk -t1 -c32 -d3s "$url" >/dev/null
-    before=0; [ -n "${PIDOF[$t]}" ] && before=$(ticks ${PIDOF[$t]})
+    before="0 0"; [ -n "${PIDOF[$t]}" ] && before=$(ticks ${PIDOF[$t]})
     out=$(taskset -c 0 wrk -t1 -c32 -d"${DURATION}s" --latency "$url")
-    after=0; [ -n "${PIDOF[$t]}" ] && after=$(ticks ${PIDOF[$t]})
-    python3 - "$t" "$rep" "$((after - before))" "$TCK" "$out" >>"$RES" <<'PY'
+    after="0 0"; [ -n "${PIDOF[$t]}" ] && after=$(ticks ${PIDOF[$t]})
+    read -r bu bs <<<"$before"; read -r au as <<<"$after"
+    python3 - "$t" "$rep" "$((au - bu))" "$((as - bs))" "$TCK" "$out" >>"$RES" <<'PY'
 import re, sys
-t, rep, dt, tck, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+t, rep, du, ds, tck, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+dt = du + ds
 def ms(s):
     v = float(re.match(r"[\d.]+", s).group()); u = s[len(re.match(r"[\d.]+", s).group()):]
     return v * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[u]
@@ -214,10 +217,10 @@ p50 = ms(re.search(r"\s50%\s+(\S+)", out).group(1))
 p99 = ms(re.search(r"\s99%\s+(\S+)", out).group(1))
 errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 sock = re.search(r"Socket errors: (.*)", out)
-cpu = dt / tck * 1e6 / reqs if t != "direct" else float("nan")
-print(t, rep, reqs, rps, p50, p99, cpu, errs.group(1) if errs else 0, (sock.group(1).replace(" ", "") if sock else "-"))
+per = lambda ticks: ticks / tck * 1e6 / reqs if t != "direct" else float("nan")
+print(t, rep, reqs, rps, p50, p99, per(dt), errs.group(1) if errs else 0, (sock.group(1).replace(" ", "") if sock else "-"), per(du), per(ds))
 PY
-    tail -n 1 "$RES" | awk '{printf "  rep %s %-8s %9.0f req/s  p50 %.2f ms  p99 %.2f ms  cpu %s us/req  non-2xx %s  socket errors %s\n", $2, $1, $4, $5, $6, $7, $8, $9}'
+    tail -n 1 "$RES" | awk '{printf "  rep %s %-9s %9.0f req/s  p50 %.2f ms  p99 %.2f ms  cpu %.1f us/req (user %.1f, sys %.1f)  non-2xx %s  socket errors %s\n", $2, $1, $4, $5, $6, $7, $10, $11, $8, $9}'
   done
 done
 
@@ -225,17 +228,18 @@ python3 - "$RES" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
-for t, rep, reqs, rps, p50, p99, cpu, non2xx, sock in rows:
-    by.setdefault(t, []).append((float(rps), float(p50), float(p99), float(cpu), int(non2xx)))
+for t, rep, reqs, rps, p50, p99, cpu, non2xx, sock, user, sys_ in rows:
+    by.setdefault(t, []).append((float(rps), float(p50), float(p99), float(cpu), int(non2xx), float(user), float(sys_)))
 def col(t, i): return [r[i] for r in by[t]]
 def med(t, i): return statistics.median(col(t, i))
 def rng(t, i, f): v = col(t, i); return f"{f.format(min(v))}–{f.format(max(v))}"
 print()
-print(f"| target | req/s (median, min–max) | p50 ms | p99 ms | proxy CPU µs/req | non-2xx |")
-print(f"|---|---|---|---|---|---|")
+print(f"| target | req/s (median, min–max) | p50 ms | p99 ms | proxy CPU µs/req | user / sys µs | non-2xx |")
+print(f"|---|---|---|---|---|---|---|")
 for t in [t for t in ["direct", "nginx", "haproxy", "localdr", "localdr-b"] if t in by]:
     cpu = "—" if t == "direct" else f"{med(t,3):.1f} ({rng(t,3,'{:.1f}')})"
-    print(f"| {t} | {med(t,0):,.0f} ({rng(t,0,'{:,.0f}')}) | {med(t,1):.2f} | {med(t,2):.2f} ({rng(t,2,'{:.2f}')}) | {cpu} | {sum(col(t,4))} |")
+    split = "—" if t == "direct" else f"{med(t,5):.1f} / {med(t,6):.1f}"
+    print(f"| {t} | {med(t,0):,.0f} ({rng(t,0,'{:,.0f}')}) | {med(t,1):.2f} | {med(t,2):.2f} ({rng(t,2,'{:.2f}')}) | {cpu} | {split} | {sum(col(t,4))} |")
 print()
 for peer in ["nginx", "haproxy"]:
     print(f"localdr / {peer}: req/s {med('localdr',0)/med(peer,0):.2f}×, p99 {med('localdr',2)/med(peer,2):.2f}×, CPU µs/req {med('localdr',3)/med(peer,3):.2f}×")
