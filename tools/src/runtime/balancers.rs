@@ -216,7 +216,7 @@ impl Balancers {
     }
 }
 
-fn placeholder(name: &str) -> BalancerSpec {
+pub(crate) fn placeholder(name: &str) -> BalancerSpec {
     BalancerSpec {
         api_version: crate::spec::API_VERSION,
         name: name.to_string(),

@@ -34,7 +34,14 @@ thread_local! {
 }
 
 /// Our pid, read once (`getpid` is a system call, and request ids use it).
-static PID: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| std::process::id() as u64);
+/// The high half of every request id: the agent's start time (ns) mixed with its pid.
+static ID_PREFIX: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (t ^ (std::process::id() as u64) << 32) & ((1 << 48) - 1)
+});
 
 /// Latency histogram bucket bounds in seconds (Prometheus `le`).
 pub const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
@@ -59,8 +66,11 @@ pub struct Balancer {
     counter: AtomicU64,
     /// `slow_start`, parsed once per reload (read on every pick).
     slow_start_ms: AtomicU64,
-    /// `timeouts.connect`, parsed once per reload.
+    /// `timeouts.connect`, `.read` and `.client`, parsed once per reload rather than on
+    /// every request or connection.
     connect_ms: AtomicU64,
+    read_ms: AtomicU64,
+    client_ms: AtomicU64,
     access: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
 }
 
@@ -80,6 +90,8 @@ impl Balancer {
             counter: AtomicU64::new(0),
             slow_start_ms: AtomicU64::new(slow_ms(&spec)),
             connect_ms: AtomicU64::new(dur(&spec.timeouts.connect).as_millis() as u64),
+            read_ms: AtomicU64::new(dur(&spec.timeouts.read).as_millis() as u64),
+            client_ms: AtomicU64::new(client_ms(&spec)),
             access: Mutex::new(access_log.map(std::io::BufWriter::new)),
         });
         lb.set_targets(&spec, None);
@@ -120,6 +132,11 @@ impl Balancer {
             dur(&spec.timeouts.connect).as_millis() as u64,
             Ordering::Relaxed,
         );
+        self.read_ms.store(
+            dur(&spec.timeouts.read).as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        self.client_ms.store(client_ms(&spec), Ordering::Relaxed);
         self.cfg.store(Arc::new(spec));
     }
 
@@ -240,27 +257,21 @@ impl Balancer {
     }
 
     pub fn read_timeout(&self) -> Duration {
-        dur(&self.config().timeouts.read)
+        Duration::from_millis(self.read_ms.load(Ordering::Relaxed))
     }
 
-    /// `timeouts.client`. Zero (only a hand-edited spec can say so; the provider refuses it)
-    /// would close every connection before its first request, so it counts as the default.
+    /// `timeouts.client`.
     pub fn client_timeout(&self) -> Duration {
-        match dur(&self.config().timeouts.client) {
-            d if d.is_zero() => dur(&crate::spec::Timeouts::default().client),
-            d => d,
-        }
+        Duration::from_millis(self.client_ms.load(Ordering::Relaxed))
     }
 
-    /// A new request id: 24 hex digits (time and pid, then a counter), as a header value
-    /// made in one allocation.
+    /// A new request id: 24 hex digits, as a header value made in one allocation. The
+    /// first 12 come from the agent's start time and pid (so ids differ across restarts),
+    /// the last 12 count requests (2^48 of them before one repeats): no clock read per
+    /// request.
     pub fn next_request_id(&self) -> hyper::header::HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let v = ((t ^ (*PID << 32)) as u128) << 32 | (n as u32) as u128;
+        let v = (*ID_PREFIX as u128) << 48 | (n & ((1 << 48) - 1)) as u128;
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut buf = [0u8; 24];
         for (i, b) in buf.iter_mut().enumerate() {
@@ -318,6 +329,16 @@ impl Balancer {
             }
         }
     }
+}
+
+/// `timeouts.client` in ms. Zero (only a hand-edited spec can say so; the provider refuses
+/// it) would close every connection before its first request, so it counts as the default.
+fn client_ms(spec: &BalancerSpec) -> u64 {
+    match dur(&spec.timeouts.client) {
+        d if d.is_zero() => dur(&crate::spec::Timeouts::default().client),
+        d => d,
+    }
+    .as_millis() as u64
 }
 
 fn slow_ms(spec: &BalancerSpec) -> u64 {
@@ -589,5 +610,45 @@ async fn probe(addr: &str, cfg: &BalancerSpec) -> Outcome {
     match tokio::time::timeout(dur(&a.timeout), work).await {
         Ok(o) => o,
         Err(_) => Outcome::Timeout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_24_hex_digits_and_do_not_repeat() {
+        let mut spec = crate::runtime::balancers::placeholder("lb");
+        spec.access_log = false;
+        let lb = Balancer::new(spec, None);
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| lb.next_request_id().to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in &ids {
+            assert_eq!(id.len(), 24);
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        }
+        // One run's ids share the start-time/pid half.
+        let halves: std::collections::HashSet<&str> = ids.iter().map(|i| &i[..12]).collect();
+        assert_eq!(halves.len(), 1);
+    }
+
+    #[test]
+    fn timeouts_parsed_once_follow_a_reload() {
+        let mut spec = crate::runtime::balancers::placeholder("lb");
+        spec.access_log = false;
+        let lb = Balancer::new(spec.clone(), None);
+        assert_eq!(lb.read_timeout(), dur(&spec.timeouts.read));
+        spec.timeouts.read = "7s".into();
+        spec.timeouts.client = "0s".into();
+        lb.reload(spec, None);
+        assert_eq!(lb.read_timeout(), Duration::from_secs(7));
+        // A zero client timeout would close every connection at once: the default holds.
+        assert_eq!(
+            lb.client_timeout(),
+            dur(&crate::spec::Timeouts::default().client)
+        );
     }
 }

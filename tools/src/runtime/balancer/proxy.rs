@@ -292,14 +292,11 @@ pub async fn handle(
     headers.insert(&X_FORWARDED_FOR, xff);
     headers.insert(&X_REQUEST_ID, rid.clone());
     // Origin-form to the target; the client's Host goes along (or the target's, if none).
-    let path = Uri::from(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| uri::PathAndQuery::from_static("/")),
-    );
-    let has_host = headers.contains_key(hyper::header::HOST);
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
 
     // Targets this request went to, without allocating: retries beyond 8 may revisit one.
     let mut tried = [0usize; 8];
@@ -317,32 +314,47 @@ pub async fn handle(
             tried[n_tried] = target.id();
             n_tried += 1;
         }
-        let upstream_body = match &mut body {
-            ReqBody::Buffered(b) => full(b.clone()),
-            ReqBody::Stream(s) => match s.take() {
-                Some(b) => {
-                    let (t, flag) = Timed::new(b, crate::spec::dur(&cfg.timeouts.write));
-                    stalled = Some(flag);
-                    Body::Timed(t)
-                }
-                None => full(Bytes::new()),
-            },
-        };
-        let mut up = Request::new(upstream_body);
-        *up.method_mut() = parts.method.clone();
-        *up.version_mut() = hyper::Version::HTTP_11;
-        *up.headers_mut() = headers.clone();
-        *up.uri_mut() = path.clone();
-        if !has_host {
-            if let Ok(h) = HeaderValue::from_str(target.authority.as_str()) {
-                up.headers_mut().insert(hyper::header::HOST, h);
-            }
-        }
         target.in_flight.fetch_add(1, Ordering::Relaxed);
         target.requests.fetch_add(1, Ordering::Relaxed);
         let read = lb.read_timeout();
-        let sent =
-            tokio::time::timeout(read, upstream::send(&target, up, lb.connect_timeout())).await;
+        let sent = match &mut body {
+            // Borrowed: a retry sends the same head and body again without copying them.
+            ReqBody::Buffered(b) => {
+                let out = upstream::Outgoing {
+                    method: &parts.method,
+                    target: path.as_str(),
+                    headers: &headers,
+                    host: Some(target.authority.as_str()),
+                    body: b,
+                };
+                tokio::time::timeout(read, upstream::send(&target, &out, lb.connect_timeout()))
+                    .await
+            }
+            ReqBody::Stream(s) => {
+                let upstream_body = match s.take() {
+                    Some(b) => {
+                        let (t, flag) = Timed::new(b, crate::spec::dur(&cfg.timeouts.write));
+                        stalled = Some(flag);
+                        Body::Timed(t)
+                    }
+                    None => full(Bytes::new()),
+                };
+                let mut up = Request::new(upstream_body);
+                *up.method_mut() = parts.method.clone();
+                *up.headers_mut() = headers.clone();
+                *up.uri_mut() = Uri::from(path.clone());
+                if !up.headers().contains_key(hyper::header::HOST) {
+                    if let Ok(h) = HeaderValue::from_str(target.authority.as_str()) {
+                        up.headers_mut().insert(hyper::header::HOST, h);
+                    }
+                }
+                tokio::time::timeout(
+                    read,
+                    upstream::send_streaming(&target, up, lb.connect_timeout()),
+                )
+                .await
+            }
+        };
         target.in_flight.fetch_sub(1, Ordering::Relaxed);
         if stalled.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
             lb.finish(request_id, &peer, &target.address, 408, start, retries);

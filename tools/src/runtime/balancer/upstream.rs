@@ -23,8 +23,7 @@ use super::targets::TargetState;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Frame, SizeHint};
 use hyper::header::TRANSFER_ENCODING;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
-use hyper::http::request::Parts;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::io::{self, Write};
@@ -132,21 +131,28 @@ async fn connect(t: &TargetState, timeout: Duration) -> Result<TcpStream, SendEr
     Ok(tcp)
 }
 
+/// A request whose body the balancer holds, borrowed from the task serving the client: every
+/// attempt (a retry goes to another target) encodes it afresh without copying its headers.
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// Origin form: the path and query.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The Host to state when `headers` has none (the target's address).
+    pub host: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
 /// Send `req` to `t` on an idle connection or a new one.
 pub async fn send(
     t: &Arc<TargetState>,
-    req: Request<Body>,
+    req: &Outgoing<'_>,
     connect_timeout: Duration,
 ) -> Result<Response<Body>, SendError> {
-    let (parts, body) = req.into_parts();
-    let data = match body {
-        Body::Full(b) => b.unwrap_or_default(),
-        body => return send_streaming(t, Request::from_parts(parts, body), connect_timeout).await,
-    };
-    let mut out = Vec::with_capacity(512 + data.len());
-    encode_head(&mut out, &parts, data.len());
-    out.extend_from_slice(&data);
-    let head_only = parts.method == Method::HEAD;
+    let mut out = Vec::with_capacity(512 + req.body.len());
+    encode_head(&mut out, req);
+    out.extend_from_slice(req.body);
+    let head_only = *req.method == Method::HEAD;
     loop {
         let (mut c, reused) = match t.idle.pop() {
             Some(c) => (c, true),
@@ -170,17 +176,19 @@ pub async fn send(
     }
 }
 
-/// The request line and headers, framed by what the balancer sends (`len` bytes). The
-/// client's own framing headers describe its message to us, not ours to the target.
-fn encode_head(out: &mut Vec<u8>, p: &Parts, len: usize) {
-    out.extend_from_slice(p.method.as_str().as_bytes());
+/// The request line and headers, framed by what the balancer sends. The client's own
+/// framing headers describe its message to us, not ours to the target.
+fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
+    out.extend_from_slice(r.method.as_str().as_bytes());
     out.push(b' ');
-    match p.uri.path_and_query() {
-        Some(pq) => out.extend_from_slice(pq.as_str().as_bytes()),
-        None => out.push(b'/'),
-    }
+    out.extend_from_slice(r.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (k, v) in &p.headers {
+    if let Some(h) = r.host.filter(|_| !r.headers.contains_key(HOST)) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (k, v) in r.headers {
         if k == CONTENT_LENGTH || k == TRANSFER_ENCODING {
             continue;
         }
@@ -189,7 +197,8 @@ fn encode_head(out: &mut Vec<u8>, p: &Parts, len: usize) {
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if len > 0 || p.headers.contains_key(CONTENT_LENGTH) || body_expected(&p.method) {
+    let len = r.body.len();
+    if len > 0 || r.headers.contains_key(CONTENT_LENGTH) || body_expected(r.method) {
         let _ = write!(out, "content-length: {len}\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -421,7 +430,9 @@ impl Pooled {
 
 /// A request whose body streams through (too big to keep): hyper's client on a
 /// connection of its own, closed when the answer has been read.
-async fn send_streaming(
+/// Send a request whose body streams from the client, through hyper's client on a
+/// connection of its own (not kept).
+pub async fn send_streaming(
     t: &Arc<TargetState>,
     req: Request<Body>,
     connect_timeout: Duration,
@@ -452,8 +463,18 @@ mod tests {
             r = r.header(*k, *v);
         }
         let (p, ()) = r.body(()).unwrap().into_parts();
+        let body = vec![b'x'; len];
         let mut out = Vec::new();
-        encode_head(&mut out, &p, len);
+        encode_head(
+            &mut out,
+            &Outgoing {
+                method: &p.method,
+                target: p.uri.path_and_query().unwrap().as_str(),
+                headers: &p.headers,
+                host: Some("t:1"),
+                body: &body,
+            },
+        );
         String::from_utf8(out).unwrap()
     }
 
@@ -463,18 +484,19 @@ mod tests {
             head("GET", &[("host", "x")], 0),
             "GET /a?b=c HTTP/1.1\r\nhost: x\r\n\r\n"
         );
+        // Without a Host from the client, the target's address is stated.
         assert_eq!(
             head("POST", &[("content-length", "3"), ("x-a", "1")], 3),
-            "POST /a?b=c HTTP/1.1\r\nx-a: 1\r\ncontent-length: 3\r\n\r\n"
+            "POST /a?b=c HTTP/1.1\r\nhost: t:1\r\nx-a: 1\r\ncontent-length: 3\r\n\r\n"
         );
         // An empty POST says so; a chunked one that arrived whole is sent with a length.
         assert_eq!(
-            head("POST", &[], 0),
-            "POST /a?b=c HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+            head("POST", &[("host", "x")], 0),
+            "POST /a?b=c HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
         );
         assert_eq!(
-            head("PUT", &[("transfer-encoding", "chunked")], 5),
-            "PUT /a?b=c HTTP/1.1\r\ncontent-length: 5\r\n\r\n"
+            head("PUT", &[("host", "x"), ("transfer-encoding", "chunked")], 5),
+            "PUT /a?b=c HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n"
         );
     }
 
