@@ -168,8 +168,20 @@ fn hop_by_hop() -> [&'static HeaderName; 8] {
 
 /// Drop the hop-by-hop headers: the fixed ones, and any the `Connection` header names
 /// (RFC 9110 §7.6.1: `Connection: close, X-Secret` makes `X-Secret` the sender's business
-/// with this hop only). No allocation unless such a name is there.
+/// with this hop only). One pass over the names present says which fixed ones are there,
+/// so only those cost a lookup (on every request and answer); no allocation unless
+/// `Connection` names something.
 fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
+    let fixed = hop_by_hop();
+    let mut present = 0u16;
+    for k in h.keys() {
+        if let Some(i) = fixed.iter().position(|n| *n == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
     let mut named: Vec<HeaderName> = Vec::new();
     for v in h.get_all(hyper::header::CONNECTION) {
         for t in v.as_bytes().split(|&b| b == b',') {
@@ -188,8 +200,10 @@ fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
     for n in named {
         h.remove(n);
     }
-    for n in hop_by_hop() {
-        h.remove(n);
+    for (i, n) in fixed.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(*n);
+        }
     }
 }
 
@@ -445,4 +459,52 @@ pub async fn handle(
 /// Is a target usable by `choose`, or only in panic mode?
 pub fn usable(t: &TargetState, now: Instant) -> bool {
     t.available(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &hyper::HeaderMap) -> Vec<&str> {
+        let mut v: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
+        let mut h = map(&[
+            ("host", "a"),
+            ("connection", "close, X-Secret"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "basic x"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("x-keep", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["host", "x-keep"]);
+
+        // Nothing hop-by-hop: nothing changes.
+        let mut h = map(&[("host", "a"), ("x-a", "1"), ("x-a", "2")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["host", "x-a"]);
+        assert_eq!(h.get_all("x-a").iter().count(), 2);
+    }
 }
