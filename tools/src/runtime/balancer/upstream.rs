@@ -40,6 +40,8 @@ const MAX_HEAD: usize = 32 * 1024;
 const MAX_HEADERS: usize = 100;
 /// How much is read from a target at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// The largest request buffer an idle connection keeps.
+const KEEP_OUT: usize = 16 * 1024;
 
 /// Why a request got no answer.
 #[derive(Debug)]
@@ -55,6 +57,9 @@ pub enum SendError {
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The request being sent, encoded; kept with the connection so a reused one needs no
+    /// new allocation (unless a big body grew it past [`KEEP_OUT`]).
+    out: Vec<u8>,
 }
 
 impl Conn {
@@ -149,9 +154,6 @@ pub async fn send(
     req: &Outgoing<'_>,
     connect_timeout: Duration,
 ) -> Result<Response<Body>, SendError> {
-    let mut out = Vec::with_capacity(512 + req.body.len());
-    encode_head(&mut out, req);
-    out.extend_from_slice(req.body);
     let head_only = *req.method == Method::HEAD;
     loop {
         let (mut c, reused) = match t.idle.pop() {
@@ -160,17 +162,24 @@ pub async fn send(
                 Conn {
                     io: connect(t, connect_timeout).await?,
                     buf: BytesMut::new(),
+                    out: Vec::with_capacity(512 + req.body.len()),
                 },
                 false,
             ),
         };
-        if let Err(e) = c.io.write_all(&out).await {
+        c.out.clear();
+        encode_head(&mut c.out, req);
+        c.out.extend_from_slice(req.body);
+        if let Err(e) = c.io.write_all(&c.out).await {
             // The target closed it while idle and it went unnoticed: no whole request
             // reached it, so a fresh connection may carry this one.
             if reused {
                 continue;
             }
             return Err(SendError::Http(e.to_string()));
+        }
+        if c.out.capacity() > KEEP_OUT {
+            c.out = Vec::new();
         }
         return read_answer(c, t, head_only).await;
     }
