@@ -277,7 +277,10 @@ impl Balancer {
         for (i, b) in buf.iter_mut().enumerate() {
             *b = HEX[((v >> (4 * (23 - i))) & 0xf) as usize];
         }
-        hyper::header::HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+        // Owned by one shared allocation: the id is cloned into the upstream request and the
+        // answer, and a value copied from a slice would allocate again on its first clone.
+        hyper::header::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+            .expect("hex digits are a valid header value")
     }
 
     pub fn next_jitter(&self) -> u64 {

@@ -248,16 +248,31 @@ async fn read_answer(
                     }
                     let status = StatusCode::from_u16(code)
                         .map_err(|_| Http(format!("bad status {code}")))?;
-                    let mut headers = HeaderMap::with_capacity(r.headers.len());
-                    for h in r.headers.iter() {
-                        let k = HeaderName::from_bytes(h.name.as_bytes())
-                            .map_err(|_| Http(format!("bad header name {:?}", h.name)))?;
-                        let v = HeaderValue::from_bytes(h.value)
+                    // Where each header sits in the head: the values then share the head's
+                    // memory rather than each getting a copy (an allocation per header).
+                    let base = c.buf.as_ptr() as usize;
+                    let count = r.headers.len();
+                    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+                    for (a, h) in at.iter_mut().zip(r.headers.iter()) {
+                        let name = h.name.as_ptr() as usize - base;
+                        let value = h.value.as_ptr() as usize - base;
+                        *a = (name, name + h.name.len(), value, value + h.value.len());
+                    }
+                    let http10 = r.version == Some(0);
+                    let head = c.buf.split_to(n).freeze();
+                    let mut headers = HeaderMap::with_capacity(count);
+                    for &(name, name_end, value, end) in &at[..count] {
+                        let name = &head[name..name_end];
+                        let k = HeaderName::from_bytes(name).map_err(|_| {
+                            Http(format!(
+                                "bad header name {:?}",
+                                String::from_utf8_lossy(name)
+                            ))
+                        })?;
+                        let v = HeaderValue::from_maybe_shared(head.slice(value..end))
                             .map_err(|_| Http(format!("bad value for header {k}")))?;
                         headers.append(k, v);
                     }
-                    let http10 = r.version == Some(0);
-                    let _ = c.buf.split_to(n);
                     return answer(c, t, status, headers, http10, head_only);
                 }
                 Ok(httparse::Status::Partial) if c.buf.len() > MAX_HEAD => {
