@@ -355,6 +355,80 @@ fn a_stalled_upload_gets_408_after_the_write_timeout() {
     h.stop();
 }
 
+/// `timeouts.read`: a target that never answers gets 504 once it has passed, and the time
+/// counts from when the request could go out, so a client's slow (small, buffered) upload
+/// does not use up the target's time.
+#[test]
+fn the_read_timeout_gives_504_and_counts_from_the_end_of_the_upload() {
+    // A target that answers POSTs once their body is in, and never answers a GET.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                loop {
+                    let (mut len, mut first) = (0usize, String::new());
+                    loop {
+                        let mut h = String::new();
+                        if std::io::BufRead::read_line(&mut r, &mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if first.is_empty() {
+                            first = h.clone();
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                    }
+                    if first.starts_with("GET") {
+                        // Silent until the balancer gives up and closes.
+                        let _ = r.read_to_end(&mut Vec::new());
+                        return;
+                    }
+                    let mut body = vec![0u8; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+            });
+        }
+    });
+    let mut s = spec(&[(port, 1)], &[]);
+    s.healthchecks.active.healthy.interval = "0s".into();
+    s.healthchecks.active.unhealthy.interval = "0s".into();
+    s.timeouts.read = "600ms".into();
+    s.retries = 0;
+    let h = balancer::start(s, None).unwrap();
+
+    // A 10-byte upload spread over 900 ms, then an answer at once: 200, not 504.
+    let mut c = TcpStream::connect(h.listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    c.write_all(b"POST /slow-upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhello")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(900));
+    c.write_all(b"world").unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    // A target that says nothing: 504 after the read timeout.
+    let t0 = Instant::now();
+    let (code, out) = get(h.listen.port(), "/silent", "");
+    let waited = t0.elapsed();
+    assert_eq!(code, 504, "{out}");
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(5),
+        "504 after {waited:?}"
+    );
+    h.stop();
+}
+
 /// Read until the peer closes; returns what arrived and when the close came.
 fn read_until_closed(c: &mut TcpStream, t0: Instant) -> (String, Duration) {
     c.set_read_timeout(Some(Duration::from_secs(8))).unwrap();

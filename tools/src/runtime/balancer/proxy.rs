@@ -266,19 +266,26 @@ pub async fn handle(
     }
 
     let (mut parts, body) = req.into_parts();
-    let small = parts
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n <= RETRY_BODY_LIMIT)
-        || (parts.headers.get("content-length").is_none()
-            && parts.headers.get("transfer-encoding").is_none());
+    // Kept in memory (so it can be sent again) when small: a stated length within the
+    // limit, or no framing at all. Typed names: a lookup by string parses it first.
+    let small = || match parts.headers.get(hyper::header::CONTENT_LENGTH) {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= RETRY_BODY_LIMIT),
+        None => !parts.headers.contains_key(hyper::header::TRANSFER_ENCODING),
+    };
+    let mut first_attempt = start;
     let mut body = if hyper::body::Body::is_end_stream(&body) {
         ReqBody::Buffered(Bytes::new())
-    } else if small {
+    } else if small() {
         match body.collect().await {
-            Ok(b) => ReqBody::Buffered(b.to_bytes()),
+            Ok(b) => {
+                // The target's time starts once the client's upload is in.
+                first_attempt = Instant::now();
+                ReqBody::Buffered(b.to_bytes())
+            }
             Err(_) => {
                 return Ok(simple(
                     StatusCode::BAD_REQUEST,
@@ -330,7 +337,14 @@ pub async fn handle(
         }
         target.in_flight.fetch_add(1, Ordering::Relaxed);
         target.requests.fetch_add(1, Ordering::Relaxed);
-        let read = lb.read_timeout();
+        // An attempt's deadline counts from when it starts; the first one's start is a
+        // clock reading already made.
+        let attempt_start = if retries == 0 {
+            first_attempt
+        } else {
+            Instant::now()
+        };
+        let deadline = tokio::time::Instant::from_std(attempt_start + lb.read_timeout());
         let sent = match &mut body {
             // Borrowed: a retry sends the same head and body again without copying them.
             ReqBody::Buffered(b) => {
@@ -341,8 +355,11 @@ pub async fn handle(
                     host: Some(target.authority.as_str()),
                     body: b,
                 };
-                tokio::time::timeout(read, upstream::send(&target, &out, lb.connect_timeout()))
-                    .await
+                tokio::time::timeout_at(
+                    deadline,
+                    upstream::send(&target, &out, lb.connect_timeout()),
+                )
+                .await
             }
             ReqBody::Stream(s) => {
                 let upstream_body = match s.take() {
@@ -362,8 +379,8 @@ pub async fn handle(
                         up.headers_mut().insert(hyper::header::HOST, h);
                     }
                 }
-                tokio::time::timeout(
-                    read,
+                tokio::time::timeout_at(
+                    deadline,
                     upstream::send_streaming(&target, up, lb.connect_timeout()),
                 )
                 .await

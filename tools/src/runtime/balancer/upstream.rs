@@ -261,6 +261,7 @@ async fn read_answer(
                     let http10 = r.version == Some(0);
                     let head = c.buf.split_to(n).freeze();
                     let mut headers = HeaderMap::with_capacity(count);
+                    let mut facts = Facts::default();
                     for &(name, name_end, value, end) in &at[..count] {
                         let name = &head[name..name_end];
                         let k = HeaderName::from_bytes(name).map_err(|_| {
@@ -271,9 +272,10 @@ async fn read_answer(
                         })?;
                         let v = HeaderValue::from_maybe_shared(head.slice(value..end))
                             .map_err(|_| Http(format!("bad value for header {k}")))?;
+                        facts.note(&k, &v);
                         headers.append(k, v);
                     }
-                    return answer(c, t, status, headers, http10, head_only);
+                    return answer(c, t, status, headers, facts, http10, head_only);
                 }
                 Ok(httparse::Status::Partial) if c.buf.len() > MAX_HEAD => {
                     return Err(Http(format!("answer head over {MAX_HEAD} bytes")))
@@ -290,35 +292,65 @@ async fn read_answer(
     }
 }
 
+/// What an answer's headers say about its framing and its connection, noted while its
+/// header map is built, so nothing is looked up in the map afterwards.
+#[derive(Default)]
+struct Facts {
+    /// The last Transfer-Encoding value: its last coding decides the framing.
+    te: Option<HeaderValue>,
+    content_length: Option<u64>,
+    bad_length: Option<&'static str>,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Facts {
+    fn note(&mut self, k: &HeaderName, v: &HeaderValue) {
+        if *k == TRANSFER_ENCODING {
+            self.te = Some(v.clone());
+        } else if *k == CONTENT_LENGTH {
+            if self.bad_length.is_none() {
+                if let Err(e) = add_content_length(&mut self.content_length, v) {
+                    self.bad_length = Some(e);
+                }
+            }
+        } else if *k == CONNECTION {
+            self.close |= has_token(v, "close");
+            self.keep_alive |= has_token(v, "keep-alive");
+        }
+    }
+}
+
 fn answer(
     c: Conn,
     t: &Arc<TargetState>,
     status: StatusCode,
     headers: HeaderMap,
+    facts: Facts,
     http10: bool,
     head_only: bool,
 ) -> Result<Response<Body>, SendError> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(SendError::Http("protocol upgrades are not proxied".into()));
     }
-    let te = headers.get_all(TRANSFER_ENCODING).iter().next_back();
     let framing =
         if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Length(0)
-        } else if let Some(te) = te {
+        } else if let Some(te) = &facts.te {
             let last = te.as_bytes().rsplit(|&b| b == b',').next().unwrap_or(b"");
             if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 Framing::Chunked(Chunked::default())
             } else {
                 Framing::Close
             }
-        } else if let Some(cl) = content_length(&headers)? {
+        } else if let Some(e) = facts.bad_length {
+            return Err(SendError::Http(e.into()));
+        } else if let Some(cl) = facts.content_length {
             Framing::Length(cl)
         } else {
             Framing::Close
         };
-    let close = connection_has(&headers, "close");
-    let reusable = !close && (!http10 || connection_has(&headers, "keep-alive"));
+    let reusable = !facts.close && (!http10 || facts.keep_alive);
     let mut body = Pooled {
         conn: Some(c),
         framing,
@@ -331,31 +363,27 @@ fn answer(
     Ok(resp)
 }
 
-/// The answer's Content-Length; several that disagree are refused (RFC 9112 §6.3).
-fn content_length(h: &HeaderMap) -> Result<Option<u64>, SendError> {
-    let mut n = None;
-    for v in h.get_all(CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let p = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| SendError::Http("bad content-length".into()))?;
-            if n.is_some_and(|m| m != p) {
-                return Err(SendError::Http("conflicting content-length".into()));
-            }
-            n = Some(p);
+/// Fold one Content-Length value (possibly a list) into `n`: every length stated must be
+/// the same; several that disagree are refused (RFC 9112 §6.3).
+fn add_content_length(n: &mut Option<u64>, v: &HeaderValue) -> Result<(), &'static str> {
+    for part in v.as_bytes().split(|&b| b == b',') {
+        let p = std::str::from_utf8(part.trim_ascii())
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or("bad content-length")?;
+        if n.is_some_and(|m| m != p) {
+            return Err("conflicting content-length");
         }
+        *n = Some(p);
     }
-    Ok(n)
+    Ok(())
 }
 
-fn connection_has(h: &HeaderMap, token: &str) -> bool {
-    h.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+fn has_token(v: &HeaderValue, token: &str) -> bool {
+    v.as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// A target's answer, streaming to the client straight from the connection, which goes
@@ -527,11 +555,14 @@ mod tests {
     #[test]
     fn content_lengths_are_checked() {
         let h = |vs: &[&str]| {
-            let mut m = HeaderMap::new();
+            let mut f = Facts::default();
             for v in vs {
-                m.append(CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
+                f.note(&CONTENT_LENGTH, &HeaderValue::from_str(v).unwrap());
             }
-            content_length(&m)
+            match f.bad_length {
+                Some(e) => Err(e),
+                None => Ok(f.content_length),
+            }
         };
         assert_eq!(h(&[]).unwrap(), None);
         assert_eq!(h(&["12"]).unwrap(), Some(12));
@@ -546,9 +577,14 @@ mod tests {
 
     #[test]
     fn connection_tokens_are_matched_whole_and_caseless() {
-        let mut m = HeaderMap::new();
-        m.append(CONNECTION, HeaderValue::from_static("Keep-Alive, x-closed"));
-        assert!(connection_has(&m, "keep-alive"));
-        assert!(!connection_has(&m, "close"));
+        let mut f = Facts::default();
+        f.note(
+            &CONNECTION,
+            &HeaderValue::from_static("Keep-Alive, x-closed"),
+        );
+        assert!(f.keep_alive);
+        assert!(!f.close);
+        f.note(&CONNECTION, &HeaderValue::from_static("CLOSE"));
+        assert!(f.close);
     }
 }
