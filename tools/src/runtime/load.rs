@@ -18,29 +18,32 @@ pub fn established(ports: &HashSet<u16>) -> u32 {
     n
 }
 
+/// Established sockets on one of `ports` whose local address a listener there owns (or
+/// the listener takes every address): so an outgoing connection that happens to use the
+/// same port number from another address is not mistaken for one the pool accepted.
 fn count(table: &str, ports: &HashSet<u16>) -> u32 {
-    let mut n = 0;
-    for line in table.lines().skip(1) {
-        let mut it = line.split_whitespace();
-        let (Some(_sl), Some(local), Some(_remote), Some(state)) =
-            (it.next(), it.next(), it.next(), it.next())
-        else {
-            continue;
-        };
-        if state != "01" {
-            continue;
-        }
-        let Some(port) = local
-            .rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-        else {
-            continue;
-        };
-        if ports.contains(&port) {
-            n += 1;
-        }
-    }
-    n
+    let entries = || {
+        table.lines().skip(1).filter_map(|line| {
+            let mut it = line.split_whitespace();
+            let (_sl, local, _remote, state) = (it.next()?, it.next()?, it.next()?, it.next()?);
+            let (addr, port) = local.rsplit_once(':')?;
+            let port = u16::from_str_radix(port, 16).ok()?;
+            ports.contains(&port).then_some((addr, port, state))
+        })
+    };
+    let listeners: Vec<(&str, u16)> = entries()
+        .filter(|e| e.2 == "0A")
+        .map(|(a, p, _)| (a, p))
+        .collect();
+    let wildcard = |a: &str| a.bytes().all(|b| b == b'0');
+    entries()
+        .filter(|(addr, port, state)| {
+            *state == "01"
+                && listeners
+                    .iter()
+                    .any(|(la, lp)| lp == port && (la == addr || wildcard(la)))
+        })
+        .count() as u32
 }
 
 #[cfg(test)]
@@ -49,13 +52,21 @@ mod tests {
 
     #[test]
     fn counts_only_established_server_sides() {
+        // 1: accepted on 127.0.0.1:8080; 2: the client's side of it; 3: TIME_WAIT;
+        // 4: an outgoing connection from 10.0.0.5 that happens to use port 8080;
+        // 5-6: a wildcard listener on 8081 and a connection it accepted.
         let table = "  sl  local_address rem_address   st\n\
    0: 0100007F:1F90 00000000:0000 0A 0\n\
    1: 0100007F:1F90 0100007F:D431 01 0\n\
    2: 0100007F:D431 0100007F:1F90 01 0\n\
-   3: 0100007F:1F91 0100007F:D432 06 0\n";
+   3: 0100007F:1F91 0100007F:D432 06 0\n\
+   4: 0500000A:1F90 0A00000A:01BB 01 0\n\
+   5: 00000000:1F91 00000000:0000 0A 0\n\
+   6: 0100007F:1F91 0100007F:D433 01 0\n";
         let ports: HashSet<u16> = [0x1F90, 0x1F91].into();
-        assert_eq!(count(table, &ports), 1);
+        assert_eq!(count(table, &ports), 2);
+        // No listener on a port: nothing there was accepted by the pool.
+        assert_eq!(count(table, &[0xD431].into()), 0);
     }
 
     #[test]
