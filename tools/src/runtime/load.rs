@@ -69,12 +69,19 @@ mod tests {
         assert_eq!(count(table, &[0xD431].into()), 0);
     }
 
-    #[test]
-    fn sees_a_real_connection() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    #[tokio::test]
+    async fn sees_a_real_connection() {
+        // Without SO_REUSEADDR (which std's and tokio's `bind` set), the kernel gives this
+        // listener a port no other socket on 127.0.0.1 holds, not even a connection another
+        // test accepted on a listener since closed; and while it listens nothing else can
+        // take the port. So no test running alongside can add to the count.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_reuseaddr(false).unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = sock.listen(8).unwrap();
         let port = l.local_addr().unwrap().port();
         let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let _s = l.accept().unwrap();
+        let _s = l.accept().await.unwrap();
         assert_eq!(established(&[port].into()), 1);
     }
 }
