@@ -82,6 +82,19 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _s = l.accept().await.unwrap();
-        assert_eq!(established(&[port].into()), 1);
+        let n = established(&[port].into());
+        let hex = format!(":{port:04X} ");
+        let lines: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap_or_default()
+                    .lines()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| l.contains(&hex))
+            .collect();
+        assert_eq!(n, 1, "port {port}: {lines:#?}");
     }
 }
