@@ -71,30 +71,37 @@ mod tests {
 
     #[tokio::test]
     async fn sees_a_real_connection() {
-        // Without SO_REUSEADDR (which std's and tokio's `bind` set), the kernel gives this
-        // listener a port no other socket on 127.0.0.1 holds, not even a connection another
-        // test accepted on a listener since closed; and while it listens nothing else can
-        // take the port. So no test running alongside can add to the count.
+        // Without SO_REUSEADDR (which std's and tokio's `bind` set), no other socket on
+        // 127.0.0.1 can take this listener's port while it listens. Counted before and
+        // after our connection: CI once saw a second established socket on the port, from
+        // outside the test, which the difference leaves out.
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.set_reuseaddr(false).unwrap();
         sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let l = sock.listen(8).unwrap();
         let port = l.local_addr().unwrap().port();
-        let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let _s = l.accept().await.unwrap();
-        let n = established(&[port].into());
-        let hex = format!(":{port:04X} ");
-        let lines: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-            .iter()
-            .flat_map(|f| {
-                std::fs::read_to_string(f)
-                    .unwrap_or_default()
-                    .lines()
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .filter(|l| l.contains(&hex))
-            .collect();
-        assert_eq!(n, 1, "port {port}: {lines:#?}");
+        let before = established(&[port].into());
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let s = l.accept().await.unwrap();
+        let with = established(&[port].into());
+        let table = || {
+            let hex = format!(":{port:04X} ");
+            ["/proc/net/tcp", "/proc/net/tcp6"]
+                .iter()
+                .flat_map(|f| {
+                    let t = std::fs::read_to_string(f).unwrap_or_default();
+                    t.lines().map(String::from).collect::<Vec<_>>()
+                })
+                .filter(|l| l.contains(&hex))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(with, before + 1, "port {port}: {:#?}", table());
+        drop((c, s));
+        assert_eq!(
+            established(&[port].into()),
+            before,
+            "port {port}: {:#?}",
+            table()
+        );
     }
 }
