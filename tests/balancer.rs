@@ -279,11 +279,10 @@ fn loadgen_sees_no_failure_when_a_target_is_killed() {
     h.stop();
 }
 
-/// Kong's write timeout: a client that stops sending a (streamed) request body gets 408
-/// after `timeouts.write`, long before the read timeout, and the target is not blamed.
-#[test]
-fn a_stalled_upload_gets_408_after_the_write_timeout() {
-    // A target that reads the whole body (Content-Length) before it answers.
+/// A raw target on a free port (its threads live as long as the test process): answers
+/// each request `200 ok` once its whole Content-Length body is in; with `silent_gets`, a GET
+/// gets no answer at all and the connection stays open until the balancer closes it.
+fn body_reading_target(silent_gets: bool) -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -292,11 +291,14 @@ fn a_stalled_upload_gets_408_after_the_write_timeout() {
                 let mut r = std::io::BufReader::new(s.try_clone().unwrap());
                 let mut w = s;
                 loop {
-                    let mut len = 0usize;
+                    let (mut len, mut first) = (0usize, String::new());
                     loop {
                         let mut h = String::new();
                         if std::io::BufRead::read_line(&mut r, &mut h).unwrap_or(0) == 0 {
                             return;
+                        }
+                        if first.is_empty() {
+                            first = h.clone();
                         }
                         if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
                             len = v.trim().parse().unwrap_or(0);
@@ -304,6 +306,10 @@ fn a_stalled_upload_gets_408_after_the_write_timeout() {
                         if h == "\r\n" {
                             break;
                         }
+                    }
+                    if silent_gets && first.starts_with("GET") {
+                        let _ = r.read_to_end(&mut Vec::new());
+                        return;
                     }
                     let mut body = vec![0u8; len];
                     if r.read_exact(&mut body).is_err() {
@@ -314,6 +320,14 @@ fn a_stalled_upload_gets_408_after_the_write_timeout() {
             });
         }
     });
+    port
+}
+
+/// Kong's write timeout: a client that stops sending a (streamed) request body gets 408
+/// after `timeouts.write`, long before the read timeout, and the target is not blamed.
+#[test]
+fn a_stalled_upload_gets_408_after_the_write_timeout() {
+    let port = body_reading_target(false);
     let mut s = spec(&[(port, 1)], &[]);
     s.healthchecks.active.healthy.interval = "0s".into();
     s.healthchecks.active.unhealthy.interval = "0s".into();
@@ -360,45 +374,7 @@ fn a_stalled_upload_gets_408_after_the_write_timeout() {
 /// does not use up the target's time.
 #[test]
 fn the_read_timeout_gives_504_and_counts_from_the_end_of_the_upload() {
-    // A target that answers POSTs once their body is in, and never answers a GET.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
-                let mut w = s;
-                loop {
-                    let (mut len, mut first) = (0usize, String::new());
-                    loop {
-                        let mut h = String::new();
-                        if std::io::BufRead::read_line(&mut r, &mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if first.is_empty() {
-                            first = h.clone();
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                        if h == "\r\n" {
-                            break;
-                        }
-                    }
-                    if first.starts_with("GET") {
-                        // Silent until the balancer gives up and closes.
-                        let _ = r.read_to_end(&mut Vec::new());
-                        return;
-                    }
-                    let mut body = vec![0u8; len];
-                    if r.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-                }
-            });
-        }
-    });
+    let port = body_reading_target(true);
     let mut s = spec(&[(port, 1)], &[]);
     s.healthchecks.active.healthy.interval = "0s".into();
     s.healthchecks.active.unhealthy.interval = "0s".into();
