@@ -467,3 +467,158 @@ fn silent_slow_and_idle_clients_are_closed_after_the_client_timeout() {
     assert_eq!(get(h.listen.port(), "/", "").0, 200);
     h.stop();
 }
+
+/// A raw target for protocol switches, on a free port, for `conns` connections (its
+/// listener closes after the last). A request stating `Connection: upgrade` and
+/// `Upgrade: websocket` gets a 101, then `welcome`, then each piece echoed in capitals,
+/// and `bye` once the client ends its side. Any other request gets 200 and a body saying
+/// whether an `upgrade` header reached the target.
+fn switching_target(conns: usize) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(conns).flatten() {
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut h = String::new();
+                        if std::io::BufRead::read_line(&mut r, &mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&h.to_ascii_lowercase());
+                    }
+                    let has = |line: &str| head.lines().any(|l| l.trim_end() == line);
+                    if has("connection: upgrade") && has("upgrade: websocket") {
+                        let _ = w.write_all(
+                            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                              Connection: Upgrade\r\n\r\nwelcome",
+                        );
+                        let mut buf = [0u8; 1024];
+                        loop {
+                            match r.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    let _ = w.write_all(&buf[..n].to_ascii_uppercase());
+                                }
+                            }
+                        }
+                        let _ = w.write_all(b"bye");
+                        return;
+                    }
+                    let body = if head.contains("\nupgrade:") {
+                        "upgrade-header"
+                    } else {
+                        "plain"
+                    };
+                    let _ = write!(
+                        w,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Read an answer head (up to the blank line) byte by byte, so what follows it stays
+/// in the socket.
+fn read_head(c: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            c.read(&mut b).unwrap(),
+            1,
+            "closed inside the head: {head:?}"
+        );
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+/// WebSocket-style switches go through: the target's 101 reaches the client with the
+/// request id, bytes then flow both ways unchanged (including what the target sent right
+/// behind its 101), each side's end is passed on, and the target counts the tunnel as in
+/// flight until it closes. An `Upgrade` header without `Connection: upgrade` is not a
+/// request to switch and is dropped; a tunnel silent for the read timeout is closed.
+#[test]
+fn websocket_upgrades_are_tunnelled_both_ways_until_either_side_ends() {
+    let port = switching_target(100);
+    let mut s = spec(&[(port, 1)], &[]);
+    s.healthchecks.active.healthy.interval = "0s".into();
+    s.healthchecks.active.unhealthy.interval = "0s".into();
+    s.timeouts.read = "1s".into();
+    let h = balancer::start(s, None).unwrap();
+    let lb_port = h.listen.port();
+    let in_flight = || {
+        h.lb.targets()[0]
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    let mut c = TcpStream::connect(("127.0.0.1", lb_port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n\
+          Upgrade: websocket\r\nX-Request-ID: ws-1\r\n\r\n",
+    )
+    .unwrap();
+    let head = read_head(&mut c);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    assert!(head.contains("\r\nx-request-id: ws-1\r\n"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    let mut b = [0u8; 7];
+    c.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"welcome");
+    for word in ["ping", "hello there"] {
+        c.write_all(word.as_bytes()).unwrap();
+        let mut b = vec![0u8; word.len()];
+        c.read_exact(&mut b).unwrap();
+        assert_eq!(b, word.to_uppercase().as_bytes());
+    }
+    assert_eq!(in_flight(), 1, "an open tunnel is a request in flight");
+    // The client ends its side: the target hears it, says bye and ends too.
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    c.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "bye");
+    let t0 = Instant::now();
+    while in_flight() != 0 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        in_flight(),
+        0,
+        "the closed tunnel still counts as in flight"
+    );
+
+    // `Upgrade` alone is hop-by-hop and asks for nothing.
+    let (code, body) = get(lb_port, "/", "Upgrade: websocket\r\n");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.ends_with("plain"), "{body}");
+
+    // A tunnel that carries nothing is closed after the read timeout (1 s here).
+    let mut c = TcpStream::connect(("127.0.0.1", lb_port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .unwrap();
+    let t0 = Instant::now();
+    assert!(read_head(&mut c).starts_with("http/1.1 101"));
+    let (rest, after) = read_until_closed(&mut c, t0);
+    assert_eq!(rest, "welcome");
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(8),
+        "closed after {after:?}"
+    );
+    h.stop();
+}

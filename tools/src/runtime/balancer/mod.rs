@@ -12,6 +12,7 @@ pub mod pick;
 pub mod proxy;
 pub mod ratelimit;
 pub mod targets;
+mod tunnel;
 pub mod upstream;
 
 use crate::spec::{dur, BalancerSpec};
@@ -486,7 +487,8 @@ async fn serve(
                         .writev(false)
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(client_timeout)
-                        .serve_connection(TokioIo::new(s), svc);
+                        .serve_connection(TokioIo::new(s), svc)
+                        .with_upgrades();
                     tokio::pin!(conn);
                     tokio::select! {
                         _ = conn.as_mut() => {}

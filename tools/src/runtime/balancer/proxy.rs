@@ -207,6 +207,41 @@ fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
     }
 }
 
+/// Run the tunnel of a switched connection in a task of its own, once hyper has sent the
+/// 101 and handed over the client's connection. The target counts the tunnel as a request
+/// in flight while it lasts (so least-connections sees long-lived WebSockets), and its
+/// idle limit is the read timeout, as nginx's `proxy_read_timeout` is for WebSockets.
+fn tunnel(
+    lb: &Arc<Balancer>,
+    target: Arc<TargetState>,
+    on: hyper::upgrade::OnUpgrade,
+    io: tokio::net::TcpStream,
+    early: bytes::BytesMut,
+    request_id: &str,
+) {
+    let idle = lb.read_timeout();
+    let name = lb.name.clone();
+    let id = request_id.to_string();
+    target.in_flight.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        let r = match on.await {
+            Ok(client) => {
+                super::tunnel::run(hyper_util::rt::TokioIo::new(client), io, early, idle).await
+            }
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match r {
+            Ok(c) => {
+                tracing::debug!(balancer = %name, request_id = %id, target = %target.address, up = c.up, down = c.down, "tunnel closed")
+            }
+            Err(e) => {
+                tracing::debug!(balancer = %name, request_id = %id, target = %target.address, "tunnel ended: {e}")
+            }
+        }
+    });
+}
+
 fn idempotent(m: &hyper::Method) -> bool {
     matches!(
         *m,
@@ -224,9 +259,24 @@ enum ReqBody {
     Stream(Option<Incoming>),
 }
 
+/// The protocol a request asks to switch to: its `Upgrade` value, when `Connection` names
+/// `upgrade` as RFC 9110 §7.8 requires (an `Upgrade` header alone is not a request to
+/// switch, and is dropped like any hop-by-hop header).
+fn upgrade_asked(h: &hyper::HeaderMap) -> Option<HeaderValue> {
+    let proto = h.get(hyper::header::UPGRADE)?;
+    h.get_all(hyper::header::CONNECTION)
+        .iter()
+        .any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
+        .then(|| proto.clone())
+}
+
 pub async fn handle(
     lb: Arc<Balancer>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     peer_ip: HeaderValue,
 ) -> Result<Response<Body>, hyper::Error> {
@@ -265,6 +315,10 @@ pub async fn handle(
         }
     }
 
+    // A WebSocket handshake or other protocol switch: the client's connection is handed
+    // over once a target answers 101 (see `tunnel`).
+    let mut upgrade = upgrade_asked(req.headers());
+    let mut on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     // Kept in memory (so it can be sent again) when small: a stated length within the
     // limit, or no framing at all. Typed names: a lookup by string parses it first.
@@ -296,6 +350,11 @@ pub async fn handle(
     } else {
         ReqBody::Stream(Some(body))
     };
+    if matches!(body, ReqBody::Stream(_)) {
+        // A switch is asked with a small body or none; a big one is sent as a plain request.
+        upgrade = None;
+        on_upgrade = None;
+    }
     let safe_to_repeat = idempotent(&parts.method) && matches!(body, ReqBody::Buffered(_));
     let mut stalled: Option<Arc<std::sync::atomic::AtomicBool>> = None;
     // What every attempt sends: the client's headers without the hop-by-hop ones, plus
@@ -354,6 +413,7 @@ pub async fn handle(
                     headers: &headers,
                     host: Some(target.authority.as_str()),
                     body: b,
+                    upgrade: upgrade.as_ref(),
                 };
                 tokio::time::timeout_at(
                     deadline,
@@ -430,6 +490,30 @@ pub async fn handle(
                     && can_retry) =>
             {
                 let (mut rp, rb) = resp.into_parts();
+                if rp.status == StatusCode::SWITCHING_PROTOCOLS {
+                    // Only an attempt that stated `upgrade` can be answered 101 (upstream).
+                    let switched = match (rb, on_upgrade.take()) {
+                        (Body::Pooled(p), Some(on)) => p.into_tunnel().map(|t| (t, on)),
+                        _ => None,
+                    };
+                    let code = if switched.is_some() { 101 } else { 502 };
+                    lb.finish(request_id, &peer, &target.address, code, start, retries);
+                    let Some(((io, early), on)) = switched else {
+                        return Ok(simple(StatusCode::BAD_GATEWAY, "the target failed"));
+                    };
+                    let proto = rp.headers.get(hyper::header::UPGRADE).cloned();
+                    strip_hop_by_hop(&mut rp.headers);
+                    rp.headers.insert(
+                        hyper::header::CONNECTION,
+                        HeaderValue::from_static("upgrade"),
+                    );
+                    if let Some(p) = proto.or(upgrade) {
+                        rp.headers.insert(hyper::header::UPGRADE, p);
+                    }
+                    rp.headers.insert(&X_REQUEST_ID, rid.clone());
+                    tunnel(&lb, target, on, io, early, request_id);
+                    return Ok(Response::from_parts(rp, full(Bytes::new())));
+                }
                 strip_hop_by_hop(&mut rp.headers);
                 rp.headers.insert(&X_REQUEST_ID, rid.clone());
                 lb.finish(

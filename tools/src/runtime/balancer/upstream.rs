@@ -146,6 +146,9 @@ pub struct Outgoing<'a> {
     /// The Host to state when `headers` has none (the target's address).
     pub host: Option<&'a str>,
     pub body: &'a [u8],
+    /// The protocol a client asked to switch to (its `Upgrade` header, which `headers` no
+    /// longer holds: it is hop-by-hop). Only an attempt that states it may be answered 101.
+    pub upgrade: Option<&'a HeaderValue>,
 }
 
 /// Send `req` to `t` on an idle connection or a new one.
@@ -181,7 +184,7 @@ pub async fn send(
         if c.out.capacity() > KEEP_OUT {
             c.out = Vec::new();
         }
-        return read_answer(c, t, head_only).await;
+        return read_answer(c, t, head_only, req.upgrade.is_some()).await;
     }
 }
 
@@ -206,6 +209,11 @@ fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if let Some(u) = r.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+        out.extend_from_slice(u.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     let len = r.body.len();
     if len > 0 || r.headers.contains_key(CONTENT_LENGTH) || body_expected(r.method) {
         let _ = write!(out, "content-length: {len}\r\n");
@@ -226,13 +234,18 @@ enum Framing {
     /// At the end of the stream; the connection cannot be reused.
     Close,
     Done,
+    /// A 101 answer: no body; the connection now carries the protocol switched to, and is
+    /// taken over by [`Pooled::into_tunnel`].
+    Switched,
 }
 
-/// Read the answer's head; 1xx interim answers are skipped.
+/// Read the answer's head; 1xx interim answers are skipped (but for a 101 to a request
+/// that asked to `upgrade`, which ends the HTTP exchange).
 async fn read_answer(
     mut c: Conn,
     t: &Arc<TargetState>,
     head_only: bool,
+    upgrade: bool,
 ) -> Result<Response<Body>, SendError> {
     use SendError::Http;
     loop {
@@ -275,7 +288,12 @@ async fn read_answer(
                         facts.note(&k, &v);
                         headers.append(k, v);
                     }
-                    return answer(c, t, status, headers, facts, http10, head_only);
+                    let how = How {
+                        http10,
+                        head_only,
+                        upgrade,
+                    };
+                    return answer(c, t, status, headers, facts, how);
                 }
                 Ok(httparse::Status::Partial) if c.buf.len() > MAX_HEAD => {
                     return Err(Http(format!("answer head over {MAX_HEAD} bytes")))
@@ -321,17 +339,43 @@ impl Facts {
     }
 }
 
+/// What, beside its headers, decides how an answer is read.
+struct How {
+    http10: bool,
+    /// The request was a HEAD: no body follows, whatever the headers say.
+    head_only: bool,
+    /// The request asked to switch protocols.
+    upgrade: bool,
+}
+
 fn answer(
     c: Conn,
     t: &Arc<TargetState>,
     status: StatusCode,
     headers: HeaderMap,
     facts: Facts,
-    http10: bool,
-    head_only: bool,
+    how: How,
 ) -> Result<Response<Body>, SendError> {
+    let How {
+        http10,
+        head_only,
+        upgrade,
+    } = how;
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(SendError::Http("protocol upgrades are not proxied".into()));
+        if !upgrade {
+            return Err(SendError::Http(
+                "101 to a request that did not ask to switch protocols".into(),
+            ));
+        }
+        let body = Pooled {
+            conn: Some(c),
+            framing: Framing::Switched,
+            back: None,
+        };
+        let mut resp = Response::new(Body::Pooled(body));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        return Ok(resp);
     }
     let framing =
         if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -396,6 +440,15 @@ pub struct Pooled {
 }
 
 impl Pooled {
+    /// The connection of a 101 answer, and what the target sent after its head (already
+    /// in the new protocol); `None` for any other answer.
+    pub fn into_tunnel(self) -> Option<(TcpStream, BytesMut)> {
+        match self.framing {
+            Framing::Switched => self.conn.map(|c| (c.io, c.buf)),
+            _ => None,
+        }
+    }
+
     /// At the end: give the connection back if it is clean (nothing read beyond the
     /// answer), else close it.
     fn check_done(&mut self) {
@@ -420,7 +473,7 @@ impl Pooled {
                 return Poll::Ready(None);
             };
             let piece = match &mut self.framing {
-                Framing::Done => return Poll::Ready(None),
+                Framing::Done | Framing::Switched => return Poll::Ready(None),
                 Framing::Length(left) => {
                     if c.buf.is_empty() {
                         None
@@ -468,13 +521,16 @@ impl Pooled {
     }
 
     pub fn is_end_stream(&self) -> bool {
-        matches!(self.framing, Framing::Done | Framing::Length(0))
+        matches!(
+            self.framing,
+            Framing::Done | Framing::Length(0) | Framing::Switched
+        )
     }
 
     pub fn size_hint(&self) -> SizeHint {
         match self.framing {
             Framing::Length(n) => SizeHint::with_exact(n),
-            Framing::Done => SizeHint::with_exact(0),
+            Framing::Done | Framing::Switched => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
     }
@@ -510,6 +566,15 @@ mod tests {
     use super::*;
 
     fn head(method: &str, headers: &[(&str, &str)], len: usize) -> String {
+        head_switching(method, headers, len, None)
+    }
+
+    fn head_switching(
+        method: &str,
+        headers: &[(&str, &str)],
+        len: usize,
+        upgrade: Option<&str>,
+    ) -> String {
         let mut r = Request::builder().method(method).uri("/a?b=c");
         for (k, v) in headers {
             r = r.header(*k, *v);
@@ -525,6 +590,11 @@ mod tests {
                 headers: &p.headers,
                 host: Some("t:1"),
                 body: &body,
+                upgrade: upgrade
+                    .map(HeaderValue::from_str)
+                    .transpose()
+                    .unwrap()
+                    .as_ref(),
             },
         );
         String::from_utf8(out).unwrap()
@@ -545,6 +615,11 @@ mod tests {
         assert_eq!(
             head("POST", &[("host", "x")], 0),
             "POST /a?b=c HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+        );
+        // A protocol switch is asked of the target in the balancer's own words.
+        assert_eq!(
+            head_switching("GET", &[("host", "x")], 0, Some("websocket")),
+            "GET /a?b=c HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
         );
         assert_eq!(
             head("PUT", &[("host", "x"), ("transfer-encoding", "chunked")], 5),
