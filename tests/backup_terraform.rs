@@ -407,7 +407,105 @@ fn drift_report(v: TfVersion) {
     assert_eq!(run_drift().code, 0);
 }
 
-both_terraforms!(lifecycle, delete_on_destroy, invalid_values, drift_report);
+const CATALOG: &str = r#"
+terraform {
+  required_providers {
+    localdr = { source = "localdr/localdr" }
+  }
+}
+resource "localdr_backup" "d" {
+  name  = "d"
+  path  = "${path.module}/data.txt"
+  vault = "${path.module}/vault"
+  copy {
+    vault = "${path.module}/dr"
+  }
+}
+data "localdr_backups" "d" {
+  vault      = localdr_backup.d.vault
+  name       = localdr_backup.d.name
+  depends_on = [localdr_backup.d]
+}
+output "count" { value = data.localdr_backups.d.snapshot_count }
+output "latest_id" { value = data.localdr_backups.d.latest_id }
+output "snapshot_id" { value = localdr_backup.d.snapshot_id }
+output "age" { value = data.localdr_backups.d.latest_age_seconds }
+output "latest_copies" { value = data.localdr_backups.d.latest_copies }
+output "first" { value = jsonencode(data.localdr_backups.d.snapshots[0]) }
+output "damaged" { value = jsonencode(data.localdr_backups.d.damaged) }
+"#;
+
+/// `localdr_backups` reads what a vault holds after the backup made it: the newest good
+/// snapshot (the one the resource recorded), its age and DR copy, every snapshot checked,
+/// and damaged manifests; a vault that does not exist fails plan naming `vault`.
+fn catalog_data_source(v: TfVersion) {
+    let tf = Tf::new(v, CATALOG);
+    let d = tf.path().to_path_buf();
+    std::fs::write(d.join("data.txt"), "catalogued\n").unwrap();
+    tf.init();
+    tf.apply();
+    assert_eq!(tf.output("count"), "1");
+    let id = tf.output("snapshot_id");
+    assert_eq!(tf.output("latest_id"), id);
+    assert_eq!(tf.output("latest_copies"), "1");
+    let age: i64 = tf.output("age").parse().unwrap();
+    assert!((0..600).contains(&age), "age {age}");
+    let first: serde_json::Value = serde_json::from_str(&tf.output("first")).unwrap();
+    assert_eq!(first["number"], 1);
+    assert_eq!(first["id"], id.as_str());
+    assert_eq!(first["verified"], true);
+    assert_eq!(first["size_bytes"], 11);
+    assert_eq!(first["kind"], "path");
+    assert_eq!(first["copies"].as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(tf.output("damaged"), "[]");
+
+    // A manifest of this name that does not parse is reported, not listed.
+    std::fs::write(
+        d.join("vault/snapshots/d_2020-01-01_00-00-00.json"),
+        "{ not json",
+    )
+    .unwrap();
+    tf.ok(&[
+        "apply",
+        "-refresh-only",
+        "-auto-approve",
+        "-input=false",
+        "-no-color",
+    ]);
+    let damaged: serde_json::Value = serde_json::from_str(&tf.output("damaged")).unwrap();
+    assert_eq!(damaged[0]["id"], "d_2020-01-01_00-00-00", "{damaged}");
+    assert_eq!(tf.output("count"), "1");
+    assert_eq!(tf.output("latest_id"), id);
+
+    let missing = Tf::new(
+        v,
+        r#"
+terraform {
+  required_providers {
+    localdr = { source = "localdr/localdr" }
+  }
+}
+data "localdr_backups" "x" {
+  vault = "${path.module}/no-such-vault"
+}
+"#,
+    );
+    missing.init();
+    let e = missing.plan_errors();
+    assert!(
+        e.contains("Could not read the vault") && e.contains("not a localdr vault"),
+        "{e}"
+    );
+    assert!(e.contains("vault"), "{e}");
+}
+
+both_terraforms!(
+    lifecycle,
+    delete_on_destroy,
+    invalid_values,
+    drift_report,
+    catalog_data_source
+);
 
 /// The agent takes scheduled snapshots (a seconds-level cron here) and applies retention
 /// after each: the newest `keep_last` remain, marked as taken by the schedule.

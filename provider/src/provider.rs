@@ -175,6 +175,7 @@ impl Provider for LocaldrProvider {
         _diags: &mut Diagnostics,
     ) -> Option<HashMap<String, Box<dyn DynamicDataSource>>> {
         Some(map! {
+            "backups" => crate::data_sources::backups::BackupsSource,
             "service_status" => crate::data_sources::service_status::ServiceStatusSource::new(self.shared.clone()),
             "balancer_status" => crate::data_sources::balancer_status::BalancerStatusSource::new(self.shared.clone()),
         })

@@ -1,6 +1,8 @@
-//! Read-only views of what the agent runs, for outputs and for other resources:
-//! `localdr_service_status` and `localdr_balancer_status`.
+//! Read-only views for outputs, checks and other resources: what the agent runs
+//! (`localdr_service_status`, `localdr_balancer_status`) and what a vault holds
+//! (`localdr_backups`).
 
+pub mod backups;
 pub mod balancer_status;
 pub mod service_status;
 

@@ -11,6 +11,7 @@
 //! Temporary files start with `.` and are never listed; the next writer removes them, and
 //! packs that no manifest references (a run killed between pack and manifest).
 
+pub mod catalog;
 pub mod copy;
 pub mod lock;
 pub mod manifest;
