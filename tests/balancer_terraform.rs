@@ -284,6 +284,8 @@ fn tuned(weights: (u32, u32)) -> String {
   }}
   circuit_breaker {{
     base_ejection_time = "10s"
+    max_ejection_time  = "40s"
+    panic_threshold    = 30
   }}
   timeouts {{
     read = "5s"
@@ -319,6 +321,9 @@ fn tuning_blocks_and_hot_reload_under_load() {
     assert_eq!(hc["passive"]["unhealthy"]["http_failures"], 3);
     assert_eq!(hc["passive"]["unhealthy"]["timeouts"], 2, "default kept");
     assert_eq!(hc["passive"]["base_ejection_time"], "10s");
+    assert_eq!(hc["passive"]["max_ejection_time"], "40s");
+    assert_eq!(hc["passive"]["panic_threshold"], 30);
+    assert_eq!(hc["passive"]["max_ejection_percent"], 50, "default kept");
     assert_eq!(j["timeouts"]["read"], "5s");
     assert_eq!(j["timeouts"]["connect"], "60s");
     assert_eq!(j["timeouts"]["client"], "60s", "default kept");
@@ -532,6 +537,9 @@ fn bad_tuning_and_queue_input_is_a_plan_diagnostic() {
   }}
   circuit_breaker {{
     max_ejection_percent = 150
+    base_ejection_time   = "1m"
+    max_ejection_time    = "30s"
+    panic_threshold      = 101
   }}
   timeouts {{
     client = "0s"
@@ -567,6 +575,8 @@ resource "localdr_balancer" "c" {{
         "type must be \"http\" or \"tcp\"; got \"udp\"",
         "700 is not an HTTP status",
         "must be between 0 and 100; got 150",
+        "must be between 0 and 100; got 101",
+        "max_ejection_time (30s) must be at least base_ejection_time (60s)",
         "Invalid slow_start",
         "timeouts.client must be more than 0",
         "mode = \"queue\" needs a queue block",

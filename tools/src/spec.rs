@@ -569,9 +569,24 @@ pub struct ActiveCheck {
 pub struct PassiveCheck {
     pub healthy: Thresholds,
     pub unhealthy: Thresholds,
-    /// Envoy: an ejected target stays out base × (number of ejections), capped at 10×.
+    /// Envoy: an ejected target stays out base × (number of ejections), capped at
+    /// `max_ejection_time`.
     pub base_ejection_time: String,
     pub max_ejection_percent: u32,
+    /// Envoy's cap on an ejection (default 300s). Specs written before it existed read
+    /// as the default.
+    #[serde(default = "default_max_ejection_time")]
+    pub max_ejection_time: String,
+    /// Envoy's `healthy_panic_threshold`: when fewer than this percentage of the primaries
+    /// are available and no backup is, balance across every primary. 0 (the default):
+    /// only when none is available, so known-bad targets get no traffic while any good
+    /// one remains.
+    #[serde(default)]
+    pub panic_threshold: u32,
+}
+
+fn default_max_ejection_time() -> String {
+    "300s".into()
 }
 
 /// Kong's counters; 0 turns a counter off.
@@ -637,6 +652,8 @@ impl Default for PassiveCheck {
             },
             base_ejection_time: "30s".into(),
             max_ejection_percent: 50,
+            max_ejection_time: default_max_ejection_time(),
+            panic_threshold: 0,
         }
     }
 }

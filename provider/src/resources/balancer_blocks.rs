@@ -87,6 +87,8 @@ pub struct HealthchecksBlock {
 pub struct CircuitBreakerBlock {
     pub base_ejection_time: S,
     pub max_ejection_percent: N,
+    pub max_ejection_time: S,
+    pub panic_threshold: N,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -197,6 +199,11 @@ pub fn defaults(
             &mut c.max_ejection_percent,
             d.passive.max_ejection_percent as i64,
         );
+        fill(
+            &mut c.max_ejection_time,
+            d.passive.max_ejection_time.clone(),
+        );
+        fill(&mut c.panic_threshold, d.passive.panic_threshold as i64);
     });
     let dt = Timeouts::default();
     within(to, |t| {
@@ -258,6 +265,8 @@ pub fn healthchecks(
         let o = &mut out.passive;
         o.base_ejection_time = text(&c.base_ejection_time, &o.base_ejection_time);
         o.max_ejection_percent = count(&c.max_ejection_percent, o.max_ejection_percent);
+        o.max_ejection_time = text(&c.max_ejection_time, &o.max_ejection_time);
+        o.panic_threshold = count(&c.panic_threshold, o.panic_threshold);
     }
     out
 }
@@ -391,10 +400,14 @@ pub fn from_spec(
         ),
     });
     let cb_same = h.passive.base_ejection_time == d.passive.base_ejection_time
-        && h.passive.max_ejection_percent == d.passive.max_ejection_percent;
+        && h.passive.max_ejection_percent == d.passive.max_ejection_percent
+        && h.passive.max_ejection_time == d.passive.max_ejection_time
+        && h.passive.panic_threshold == d.passive.panic_threshold;
     *cb = keep(!cb.is_null(), cb_same, || CircuitBreakerBlock {
         base_ejection_time: v(h.passive.base_ejection_time.clone()),
         max_ejection_percent: v(h.passive.max_ejection_percent as i64),
+        max_ejection_time: v(h.passive.max_ejection_time.clone()),
+        panic_threshold: v(h.passive.panic_threshold as i64),
     });
     *to = keep(!to.is_null(), sp.timeouts == Timeouts::default(), || {
         TimeoutsBlock {
@@ -546,9 +559,36 @@ pub fn check(
         check_count(
             diags,
             &c.max_ejection_percent,
-            at.attribute("max_ejection_percent"),
+            at.clone().attribute("max_ejection_percent"),
             100,
         );
+        check_duration(
+            diags,
+            &c.max_ejection_time,
+            at.clone().attribute("max_ejection_time"),
+        );
+        check_count(
+            diags,
+            &c.panic_threshold,
+            at.clone().attribute("panic_threshold"),
+            100,
+        );
+        let d = localdr::spec::PassiveCheck::default();
+        let parse = |x: &S, d: &str| localdr::duration::parse(&text(x, d)).ok();
+        if let (Some(base), Some(max)) = (
+            parse(&c.base_ejection_time, &d.base_ejection_time),
+            parse(&c.max_ejection_time, &d.max_ejection_time),
+        ) {
+            if max < base {
+                diags.error(
+                    "Invalid duration",
+                    format!(
+                        "max_ejection_time ({max:?}) must be at least base_ejection_time ({base:?})."
+                    ),
+                    at.attribute("max_ejection_time"),
+                );
+            }
+        }
     }
     if let Value::Value(t) = to {
         let at = AttributePath::new("timeouts").index(0);
@@ -686,10 +726,12 @@ pub fn schemas() -> Vec<(&'static str, NestedBlock)> {
             "circuit_breaker",
             NestedBlock::Optional(Block {
                 version: 1,
-                description: Description::plain("Envoy-style ejection: an ejected target stays out base_ejection_time × (its ejections), capped at 10×; never more than max_ejection_percent of the targets at once."),
+                description: Description::plain("Envoy-style ejection: an ejected target stays out base_ejection_time × (its ejections), at most max_ejection_time; never more than max_ejection_percent of the targets at once; below panic_threshold percent of primaries available (and no backup), traffic spreads over every primary."),
                 attributes: map! {
                     "base_ejection_time" => string(OptionalComputed, "Default 30s."),
-                    "max_ejection_percent" => number(OptionalComputed, "0–100. Default 50.")
+                    "max_ejection_percent" => number(OptionalComputed, "0–100. Default 50."),
+                    "max_ejection_time" => string(OptionalComputed, "The longest one ejection lasts; at least base_ejection_time. Default 300s."),
+                    "panic_threshold" => number(OptionalComputed, "0–100 (Envoy's healthy_panic_threshold). Default 0: panic mode only when no target at all is available.")
                 },
                 ..Default::default()
             }),

@@ -24,7 +24,7 @@ use pick::Picker;
 use ratelimit::RateLimiter;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use targets::{Outcome, TargetState};
@@ -67,6 +67,8 @@ pub struct Balancer {
     counter: AtomicU64,
     /// `slow_start`, parsed once per reload (read on every pick).
     slow_start_ms: AtomicU64,
+    /// `circuit_breaker.panic_threshold`, percent (0: panic only when nothing is available).
+    panic_threshold: AtomicU32,
     /// `timeouts.connect`, `.read` and `.client`, parsed once per reload rather than on
     /// every request or connection.
     connect_ms: AtomicU64,
@@ -90,6 +92,7 @@ impl Balancer {
             metrics: Metrics::default(),
             counter: AtomicU64::new(0),
             slow_start_ms: AtomicU64::new(slow_ms(&spec)),
+            panic_threshold: AtomicU32::new(spec.healthchecks.passive.panic_threshold),
             connect_ms: AtomicU64::new(dur(&spec.timeouts.connect).as_millis() as u64),
             read_ms: AtomicU64::new(dur(&spec.timeouts.read).as_millis() as u64),
             client_ms: AtomicU64::new(client_ms(&spec)),
@@ -129,6 +132,8 @@ impl Balancer {
         }
         self.set_targets(&spec, service_targets);
         self.slow_start_ms.store(slow_ms(&spec), Ordering::Relaxed);
+        self.panic_threshold
+            .store(spec.healthchecks.passive.panic_threshold, Ordering::Relaxed);
         self.connect_ms.store(
             dur(&spec.timeouts.connect).as_millis() as u64,
             Ordering::Relaxed,
@@ -188,7 +193,10 @@ impl Balancer {
     }
 
     /// Next target: available primaries; else available backups; else every primary
-    /// (panic mode: fail open rather than answer 503). Within a request, targets already
+    /// (panic mode: fail open rather than answer 503). With a `panic_threshold`, panic
+    /// mode starts as soon as fewer than that percentage of the primaries are available
+    /// and no backup is (Envoy: spreading over a few survivors would overload them).
+    /// Within a request, targets already
     /// `tried` come last: a retry goes to an untried primary, then an untried backup,
     /// before any target is tried twice.
     /// `tried` holds target identities ([`TargetState::id`]).
@@ -217,6 +225,25 @@ impl Balancer {
                 r
             })
         };
+        let threshold = self.panic_threshold.load(Ordering::Relaxed) as usize;
+        if threshold > 0 {
+            let (mut primaries, mut up, mut backup_up) = (0usize, 0usize, false);
+            for t in targets.iter() {
+                if t.draining.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let ok = proxy::usable(t, now);
+                if t.backup {
+                    backup_up |= ok;
+                } else {
+                    primaries += 1;
+                    up += ok as usize;
+                }
+            }
+            if up * 100 < threshold * primaries && !backup_up {
+                return pick_from(false, false, true).or_else(|| pick_from(false, false, false));
+            }
+        }
         pick_from(false, true, true)
             .or_else(|| pick_from(true, true, true))
             .or_else(|| pick_from(false, false, true))
@@ -529,6 +556,10 @@ async fn active_checks(
             _ = tick.tick() => {}
         }
         let now = Instant::now();
+        upstream::tick(now);
+        for t in lb.targets().iter() {
+            t.idle.sweep(upstream::IDLE_LIMIT);
+        }
         let cfg = lb.config();
         if let (Some(svc), Some(sd)) = (&cfg.service, &sd) {
             if now >= follow_at {
@@ -638,6 +669,47 @@ mod tests {
         // One run's ids share the start-time/pid half.
         let halves: std::collections::HashSet<&str> = ids.iter().map(|i| &i[..12]).collect();
         assert_eq!(halves.len(), 1);
+    }
+
+    /// Envoy's panic threshold: with fewer than that share of primaries available (and no
+    /// backup), every primary gets traffic; at or above it, only the available ones; and
+    /// without a threshold the last survivor takes everything.
+    #[test]
+    fn panic_threshold_spreads_over_every_primary_when_too_few_are_up() {
+        use crate::runtime::balancer::targets::Outcome;
+        let picked = |threshold: u32, down: usize| {
+            let mut spec = crate::runtime::balancers::placeholder("lb");
+            spec.access_log = false;
+            spec.targets = (1..=4)
+                .map(|i| crate::spec::Target {
+                    address: format!("127.0.0.1:{i}"),
+                    weight: 1,
+                })
+                .collect();
+            spec.healthchecks.passive.panic_threshold = threshold;
+            let lb = Balancer::new(spec.clone(), None);
+            let now = Instant::now();
+            for t in lb.targets().iter().take(down) {
+                for _ in 0..3 {
+                    t.record_active(Outcome::HttpFailure, &spec.healthchecks, now);
+                }
+                assert!(!t.available(now));
+            }
+            let mut seen: Vec<String> = (0..40)
+                .map(|_| lb.choose(&[]).unwrap().address.clone())
+                .collect();
+            seen.sort();
+            seen.dedup();
+            seen
+        };
+        assert_eq!(picked(50, 2), vec!["127.0.0.1:3", "127.0.0.1:4"]);
+        assert_eq!(picked(50, 3).len(), 4, "25% available is below 50%: panic");
+        assert_eq!(picked(0, 3), vec!["127.0.0.1:4"]);
+        assert_eq!(
+            picked(0, 4).len(),
+            4,
+            "none available: panic even without a threshold"
+        );
     }
 
     #[test]

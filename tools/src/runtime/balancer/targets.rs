@@ -138,8 +138,8 @@ impl TargetState {
     }
 
     /// A live request's result. Enough failures eject the target for
-    /// `base_ejection_time × ejections` (capped at 10×); `allowed` says whether ejecting
-    /// would stay within `max_ejection_percent`.
+    /// `base_ejection_time × ejections`, at most `max_ejection_time`; `allowed` says
+    /// whether ejecting would stay within `max_ejection_percent`.
     pub fn record_passive(
         &self,
         o: Outcome,
@@ -159,7 +159,8 @@ impl TargetState {
             }
             h.ejections += 1;
             let base = dur(&hc.passive.base_ejection_time);
-            h.ejected_until = Some(now + base * h.ejections.min(10));
+            let cap = dur(&hc.passive.max_ejection_time).max(base);
+            h.ejected_until = Some(now + (base * h.ejections.min(1 << 16)).min(cap));
             return true;
         }
         false
@@ -229,6 +230,27 @@ mod tests {
         t.record_active(Outcome::Success, &hc, later);
         assert_eq!(t.record_active(Outcome::Success, &hc, later), Some(true));
         assert!(t.available(later));
+    }
+
+    #[test]
+    fn ejections_grow_up_to_max_ejection_time() {
+        let mut hc = Healthchecks::default();
+        hc.passive.base_ejection_time = "10s".into();
+        hc.passive.max_ejection_time = "25s".into();
+        let t = TargetState::new("127.0.0.1:1", 1, false);
+        let mut now = Instant::now();
+        let mut lasted = Vec::new();
+        for _ in 0..4 {
+            t.record_passive(Outcome::TcpFailure, &hc, now, true);
+            assert!(t.record_passive(Outcome::TcpFailure, &hc, now, true));
+            let secs = (1..100)
+                .find(|s| t.available(now + Duration::from_secs(*s)))
+                .unwrap();
+            lasted.push(secs);
+            now += Duration::from_secs(secs);
+        }
+        // 10 s × 1, × 2, then capped at 25 s (Envoy's max_ejection_time).
+        assert_eq!(lasted, vec![10, 20, 25, 25]);
     }
 
     #[test]

@@ -35,6 +35,30 @@ use tokio::net::TcpStream;
 
 /// Idle connections kept per target.
 const MAX_IDLE: usize = 64;
+/// How long a connection may sit idle before the balancer closes it. Most application
+/// servers close idle keep-alive connections after 5 s (Node, uvicorn; gunicorn after 2),
+/// and HAProxy purges its own after 5 s: closing ours first means a request is never
+/// written to a connection at the moment its target gives up on it (a race a POST, which
+/// is never sent twice, would lose as a 502), and a target that went quiet is not left
+/// holding sockets for us.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(4);
+
+/// A coarse clock for idle connections: milliseconds since the first reading, advanced
+/// by [`tick`] from the balancer's 100 ms housekeeping loop, so stamping a connection as
+/// it goes idle (once per request) is an atomic load rather than a clock read.
+static COARSE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static EPOCH: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
+
+/// Advance the coarse clock to `now` (several balancers may call it; it never goes back).
+pub fn tick(now: std::time::Instant) {
+    let ms = now.saturating_duration_since(*EPOCH).as_millis() as u64;
+    COARSE_MS.fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn coarse_ms() -> u64 {
+    COARSE_MS.load(std::sync::atomic::Ordering::Relaxed)
+}
 /// The longest answer head accepted from a target (nginx's large header buffers: 4 × 8k).
 const MAX_HEAD: usize = 32 * 1024;
 const MAX_HEADERS: usize = 100;
@@ -60,6 +84,8 @@ struct Conn {
     /// The request being sent, encoded; kept with the connection so a reused one needs no
     /// new allocation (unless a big body grew it past [`KEEP_OUT`]).
     out: Vec<u8>,
+    /// When it last went idle, on the coarse clock.
+    idle_since: u64,
 }
 
 impl Conn {
@@ -113,12 +139,33 @@ impl Idle {
         }
     }
 
-    fn push(&self, c: Conn) {
+    fn push(&self, mut c: Conn) {
+        c.idle_since = coarse_ms();
         if let Ok(mut l) = self.0.lock() {
             if l.len() < MAX_IDLE {
                 l.push(c);
             }
         }
+    }
+
+    /// Close the connections idle for `limit` or more (on the coarse clock); how many.
+    pub fn sweep(&self, limit: Duration) -> usize {
+        let now = coarse_ms();
+        let limit = limit.as_millis() as u64;
+        let Ok(mut l) = self.0.lock() else {
+            return 0;
+        };
+        let before = l.len();
+        l.retain(|c| now.saturating_sub(c.idle_since) < limit);
+        before - l.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -166,6 +213,7 @@ pub async fn send(
                     io: connect(t, connect_timeout).await?,
                     buf: BytesMut::new(),
                     out: Vec::with_capacity(512 + req.body.len()),
+                    idle_since: 0,
                 },
                 false,
             ),
@@ -625,6 +673,45 @@ mod tests {
             head("PUT", &[("host", "x"), ("transfer-encoding", "chunked")], 5),
             "PUT /a?b=c HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n"
         );
+    }
+
+    /// Connections idle past the limit are closed by the sweep (the target sees them end);
+    /// fresher ones stay.
+    #[tokio::test]
+    async fn idle_connections_past_the_limit_are_closed() {
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let idle = Idle::default();
+        let mut far = Vec::new();
+        for _ in 0..2 {
+            let io = TcpStream::connect(addr).await.unwrap();
+            far.push(l.accept().await.unwrap().0);
+            idle.push(Conn {
+                io,
+                buf: BytesMut::new(),
+                out: Vec::new(),
+                idle_since: 0,
+            });
+            tick(std::time::Instant::now() + Duration::from_secs(3));
+        }
+        assert_eq!(idle.len(), 2);
+        assert_eq!(
+            idle.sweep(Duration::from_secs(4)),
+            0,
+            "none is 4 s idle yet"
+        );
+        tick(std::time::Instant::now() + Duration::from_secs(6));
+        assert_eq!(idle.sweep(Duration::from_secs(4)), 1, "the older one goes");
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), far[0].read(&mut b))
+            .await
+            .expect("the swept connection is closed")
+            .unwrap();
+        assert_eq!(n, 0);
+        tick(std::time::Instant::now() + Duration::from_secs(10));
+        assert_eq!(idle.sweep(Duration::from_secs(4)), 1);
+        assert!(idle.is_empty());
     }
 
     #[test]
