@@ -291,6 +291,18 @@ fn a_thousand_files_exactly_once_through_an_agent_kill_9() {
         .map(|w| items(&d.d("workers").join(w).join("processed")).len())
         .sum();
     assert_eq!(done, 900);
+    // The new agent's status counts the whole history, the first agent's share too.
+    wait_for(
+        "the status to count 900 processed and 100 failed",
+        Duration::from_secs(10),
+        || {
+            sd.read_balancer_status("jobs")
+                .ok()
+                .flatten()
+                .and_then(|st| st.queue)
+                .is_some_and(|q| q["processed"] == 900 && q["failed"] == 100)
+        },
+    );
     eprintln!("ledger lines at the kill: {at_kill}");
 }
 

@@ -202,6 +202,18 @@ impl Dispatcher {
         if watch.is_none() {
             tracing::warn!(balancer = %self.name(), "inotify unavailable: scanning every poll_interval");
         }
+        // Counts go on from the logs, so `status` after a restart (or a crash) tells the
+        // queue's whole history, not only this agent's share of it.
+        for (worker, t) in worklog::tally(Path::new(&q.log_dir))? {
+            self.counts.insert(
+                worker,
+                Counts {
+                    processed: t.processed,
+                    failed: t.failed,
+                    delivered: t.delivered,
+                },
+            );
+        }
         self.recover()?;
         let mut last_scan: Option<Instant> = None;
         let mut last_workers: Option<Instant> = None;
@@ -336,7 +348,7 @@ impl Dispatcher {
                 .unwrap_or(&item)
                 .to_string();
             if q.command.is_empty() {
-                worklog::append(
+                let logged = worklog::append(
                     Path::new(&q.log_dir),
                     &worklog::Record {
                         ts: now_str(),
@@ -350,7 +362,9 @@ impl Dispatcher {
                         path: to.display().to_string(),
                     },
                 )?;
-                self.counts.entry(w.name.clone()).or_default().delivered += 1;
+                if logged {
+                    self.counts.entry(w.name.clone()).or_default().delivered += 1;
+                }
             } else {
                 self.start_job(&w, &name, &to, run)?;
             }
@@ -476,7 +490,7 @@ impl Dispatcher {
             ("failed", to)
         };
         // Log, then drop the result: a crash in between logs nothing twice (same run).
-        worklog::append(
+        let logged = worklog::append(
             Path::new(&q.log_dir),
             &worklog::Record {
                 ts: now_str(),
@@ -490,11 +504,15 @@ impl Dispatcher {
                 path: to.display().to_string(),
             },
         )?;
-        let c = self.counts.entry(job.worker.clone()).or_default();
-        if out.ok {
-            c.processed += 1;
-        } else {
-            c.failed += 1;
+        // Counted once per run, as it is logged: an outcome an earlier agent logged
+        // before it crashed is already in the counts taken from the logs.
+        if logged {
+            let c = self.counts.entry(job.worker.clone()).or_default();
+            if out.ok {
+                c.processed += 1;
+            } else {
+                c.failed += 1;
+            }
         }
         let _ = std::fs::remove_file(&job.result);
         let _ = std::fs::remove_file(&job.lock);

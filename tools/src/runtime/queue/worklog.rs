@@ -47,13 +47,14 @@ fn last(p: &Path) -> Option<Record> {
         .and_then(|l| serde_json::from_str(l).ok())
 }
 
-/// Append `rec` durably, unless the log already ends with this run.
-pub fn append(log_dir: &Path, rec: &Record) -> Result<()> {
+/// Append `rec` durably, unless the log already ends with this run. True when it was
+/// written (false: an earlier agent had logged this run before it crashed).
+pub fn append(log_dir: &Path, rec: &Record) -> Result<bool> {
     std::fs::create_dir_all(log_dir)
         .with_context(|| format!("could not create {}", log_dir.display()))?;
     let p = path(log_dir, &rec.worker);
     if last(&p).is_some_and(|l| l.run == rec.run) {
-        return Ok(());
+        return Ok(false);
     }
     let mut line = serde_json::to_vec(rec)?;
     line.push(b'\n');
@@ -64,7 +65,57 @@ pub fn append(log_dir: &Path, rec: &Record) -> Result<()> {
         .with_context(|| format!("could not open {}", p.display()))?;
     f.write_all(&line)
         .and_then(|_| f.sync_data())
-        .with_context(|| format!("could not write {}", p.display()))
+        .with_context(|| format!("could not write {}", p.display()))?;
+    Ok(true)
+}
+
+/// Outcomes of one worker, counted over its whole log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub processed: u64,
+    pub failed: u64,
+    pub delivered: u64,
+}
+
+/// Count every worker's outcomes from the logs in `log_dir`, so a restarted agent's
+/// `status` goes on from what earlier agents did instead of from zero. Streams each log
+/// line by line; a line that does not parse (cut short by a crash mid-write) is skipped.
+pub fn tally(log_dir: &Path) -> Result<std::collections::HashMap<String, Tally>> {
+    use std::io::BufRead;
+    #[derive(Deserialize)]
+    struct Outcome {
+        worker: String,
+        status: String,
+    }
+    let mut out: std::collections::HashMap<String, Tally> = Default::default();
+    let rd = match std::fs::read_dir(log_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("could not list {}", log_dir.display())),
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("load_") && name.ends_with(".jsonl")) {
+            continue;
+        }
+        let f = std::fs::File::open(e.path())
+            .with_context(|| format!("could not read {}", e.path().display()))?;
+        for line in std::io::BufReader::new(f).lines() {
+            let line = line.with_context(|| format!("could not read {}", e.path().display()))?;
+            let Ok(o) = serde_json::from_str::<Outcome>(&line) else {
+                continue;
+            };
+            let t = out.entry(o.worker).or_default();
+            match o.status.as_str() {
+                "processed" => t.processed += 1,
+                "failed" => t.failed += 1,
+                "delivered" => t.delivered += 1,
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every record of a log (for tests and `status`).
@@ -98,14 +149,55 @@ mod tests {
     #[test]
     fn a_run_is_logged_once_even_when_finished_twice() {
         let d = tempfile::tempdir().unwrap();
-        append(d.path(), &rec("1")).unwrap();
-        append(d.path(), &rec("1")).unwrap();
-        append(d.path(), &rec("2")).unwrap();
+        assert!(append(d.path(), &rec("1")).unwrap());
+        assert!(
+            !append(d.path(), &rec("1")).unwrap(),
+            "a repeat is not written"
+        );
+        assert!(append(d.path(), &rec("2")).unwrap());
         let runs: Vec<String> = read(&path(d.path(), "w-0"))
             .unwrap()
             .into_iter()
             .map(|r| r.run)
             .collect();
         assert_eq!(runs, ["1", "2"]);
+    }
+
+    #[test]
+    fn tally_counts_every_worker_and_skips_a_torn_line() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(tally(&d.path().join("missing")).unwrap().is_empty());
+        for (i, (worker, status)) in [
+            ("w-0", "processed"),
+            ("w-0", "failed"),
+            ("w-0", "processed"),
+            ("w-1", "delivered"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut r = rec(&i.to_string());
+            r.worker = worker.into();
+            r.status = status.into();
+            append(d.path(), &r).unwrap();
+        }
+        // A crash mid-append leaves a line cut short; other files are not logs.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path(d.path(), "w-1"))
+            .unwrap();
+        f.write_all(b"{\"ts\":\"t\",\"run\":\"9\",\"wor").unwrap();
+        std::fs::write(d.path().join("notes.txt"), "{}").unwrap();
+        let t = tally(d.path()).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t["w-0"],
+            Tally {
+                processed: 2,
+                failed: 1,
+                delivered: 0
+            }
+        );
+        assert_eq!(t["w-1"].delivered, 1);
     }
 }
