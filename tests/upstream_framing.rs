@@ -73,15 +73,43 @@ fn serve(mut s: TcpStream) {
             .find_map(|l| l.strip_prefix("content-length:"))
             .map(|v| v.trim().parse().unwrap())
             .unwrap_or(0);
-        while buf.len() < end + len {
-            let mut b = [0u8; 4096];
-            match s.read(&mut b) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&b[..n]),
-            }
+        if path == "/too-large" {
+            // Refuse the upload from its head alone and hang up without reading the body,
+            // as a server enforcing a size limit does: the unread bytes make the kernel
+            // reset the connection.
+            let _ = s.write_all(
+                b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 9\r\n\r\ntoo large",
+            );
+            return;
         }
-        let body = buf[end..end + len].to_vec();
-        buf.drain(..end + len);
+        let body = if head.contains("\r\ntransfer-encoding: chunked\r\n") {
+            // Read until the whole chunked body is in, then decode it.
+            buf.drain(..end);
+            loop {
+                let (b, complete) = dechunk(&buf);
+                if complete {
+                    let at = buf.windows(5).position(|w| w == b"0\r\n\r\n").unwrap();
+                    buf.drain(..at + 5);
+                    break b;
+                }
+                let mut more = [0u8; 4096];
+                match s.read(&mut more) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&more[..n]),
+                }
+            }
+        } else {
+            while buf.len() < end + len {
+                let mut b = [0u8; 4096];
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&b[..n]),
+                }
+            }
+            let body = buf[end..end + len].to_vec();
+            buf.drain(..end + len);
+            body
+        };
         let out: Vec<u8> = match (method.as_str(), path.as_str()) {
             (_, "/chunked") => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n".to_vec(),
             (_, "/nocontent") => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
@@ -131,14 +159,19 @@ fn serve(mut s: TcpStream) {
 fn call(port: u16, method: &str, path: &str, body: &str) -> (u16, String, Vec<u8>, bool) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
+    // Written from another thread, as a client that reads the answer while it uploads: an
+    // answer may come (and the upload be cut off) before the whole body is out.
+    let mut w = s.try_clone().unwrap();
+    let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    );
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(req.as_bytes());
+    });
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
+    let _ = writer.join();
     // No head at all: the balancer gave up on the answer before sending anything.
     let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
         return (0, String::new(), raw, false);
@@ -262,5 +295,57 @@ fn every_framing_passes_intact_and_only_clean_connections_are_reused() {
     assert_eq!((c, b.len(), ok), (200, big.len(), true));
     assert!(b.iter().all(|&x| x == b'y'));
     assert_eq!(conns(), 6);
+    h.stop();
+}
+
+/// A target that refuses an upload from its head and hangs up without reading the body
+/// (the kernel then resets the connection) still gets its answer to the client, for a
+/// body the balancer holds (sent in one write) and for one it streams.
+#[test]
+fn an_early_answer_to_an_unread_upload_reaches_the_client() {
+    let t = target();
+    let h = balancer::start(localdr_e2e::balancer_spec("early", &[(t.port, 1)]), None).unwrap();
+    let lb = h.listen.port();
+    for size in [60_000, 300_000, 3_000_000] {
+        let body = "x".repeat(size);
+        let (c, head, b, _) = call(lb, "POST", "/too-large", &body);
+        assert_eq!(
+            (c, b.as_slice()),
+            (413, &b"too large"[..]),
+            "{size}-byte upload: {head}"
+        );
+    }
+    h.stop();
+}
+
+/// A chunked upload too big to keep goes to the target chunked, piece by piece, and the
+/// target gets every byte (it echoes them back).
+#[test]
+fn a_chunked_upload_streams_through_chunked() {
+    let t = target();
+    let h = balancer::start(localdr_e2e::balancer_spec("chunked", &[(t.port, 1)]), None).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", h.listen.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let sent: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let body = sent.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        for piece in body.chunks(7_001) {
+            write!(w, "{:x}\r\n", piece.len()).unwrap();
+            w.write_all(piece).unwrap();
+            w.write_all(b"\r\n").unwrap();
+        }
+        w.write_all(b"0\r\n\r\n").unwrap();
+    });
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    writer.join().unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&raw[..end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(raw[end..].len(), sent.len(), "{head}");
+    assert!(raw[end..] == sent[..], "the echoed body differs");
     h.stop();
 }

@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::http::uri;
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -430,18 +430,17 @@ pub async fn handle(
                     }
                     None => full(Bytes::new()),
                 };
-                let mut up = Request::new(upstream_body);
-                *up.method_mut() = parts.method.clone();
-                *up.headers_mut() = headers.clone();
-                *up.uri_mut() = Uri::from(path.clone());
-                if !up.headers().contains_key(hyper::header::HOST) {
-                    if let Ok(h) = HeaderValue::from_str(target.authority.as_str()) {
-                        up.headers_mut().insert(hyper::header::HOST, h);
-                    }
-                }
+                let out = upstream::Outgoing {
+                    method: &parts.method,
+                    target: path.as_str(),
+                    headers: &headers,
+                    host: Some(target.authority.as_str()),
+                    body: &[],
+                    upgrade: None,
+                };
                 tokio::time::timeout_at(
                     deadline,
-                    upstream::send_streaming(&target, up, lb.connect_timeout()),
+                    upstream::send_streaming(&target, &out, upstream_body, lb.connect_timeout()),
                 )
                 .await
             }

@@ -7,8 +7,9 @@
 //! client (hyper's, used before) runs each connection as its own task and hands requests,
 //! answers and body pieces across channels; doing without measured 0.91× the balancer's
 //! CPU per request in `bench/proxy.sh` (A/B in one run). A request body too big to keep
-//! streams through hyper's client on a connection of its own, which is not kept: writing
-//! the body while reading the answer needs two tasks anyway, and such requests are rare.
+//! streams out on a connection of its own, which is not kept, while the answer is
+//! watched for in the same task: a target may answer (413) before it has read the body,
+//! and hang up (see [`send_streaming`]).
 //!
 //! A connection goes back to its target's idle list only once the answer it carried has
 //! been read to the end and nothing followed it, so a reused connection is always free
@@ -24,8 +25,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Frame, SizeHint};
 use hyper::header::TRANSFER_ENCODING;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, Response, StatusCode};
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
@@ -232,13 +232,36 @@ pub async fn send(
         if c.out.capacity() > KEEP_OUT {
             c.out = Vec::new();
         }
-        return read_answer(c, t, head_only, req.upgrade.is_some()).await;
+        return read_answer(c, t, head_only, req.upgrade.is_some(), true).await;
     }
 }
 
 /// The request line and headers, framed by what the balancer sends. The client's own
 /// framing headers describe its message to us, not ours to the target.
 fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
+    encode_start(out, r);
+    let len = r.body.len();
+    if len > 0 || r.headers.contains_key(CONTENT_LENGTH) || body_expected(r.method) {
+        let _ = write!(out, "content-length: {len}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The head of a request whose body streams: `length` when the client stated one, else
+/// chunked.
+fn encode_head_framed(out: &mut Vec<u8>, r: &Outgoing<'_>, length: Option<u64>) {
+    encode_start(out, r);
+    match length {
+        Some(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request line and every header but the framing ones.
+fn encode_start(out: &mut Vec<u8>, r: &Outgoing<'_>) {
     out.extend_from_slice(r.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(r.target.as_bytes());
@@ -262,11 +285,6 @@ fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
         out.extend_from_slice(u.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let len = r.body.len();
-    if len > 0 || r.headers.contains_key(CONTENT_LENGTH) || body_expected(r.method) {
-        let _ = write!(out, "content-length: {len}\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Methods whose requests carry a body, so an empty one is stated (RFC 9110 §8.6).
@@ -294,6 +312,7 @@ async fn read_answer(
     t: &Arc<TargetState>,
     head_only: bool,
     upgrade: bool,
+    may_reuse: bool,
 ) -> Result<Response<Body>, SendError> {
     use SendError::Http;
     loop {
@@ -340,6 +359,7 @@ async fn read_answer(
                         http10,
                         head_only,
                         upgrade,
+                        may_reuse,
                     };
                     return answer(c, t, status, headers, facts, how);
                 }
@@ -394,6 +414,9 @@ struct How {
     head_only: bool,
     /// The request asked to switch protocols.
     upgrade: bool,
+    /// The connection is in step for another request once this answer ends (false when
+    /// a streamed body may have been cut short).
+    may_reuse: bool,
 }
 
 fn answer(
@@ -408,6 +431,7 @@ fn answer(
         http10,
         head_only,
         upgrade,
+        may_reuse,
     } = how;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         if !upgrade {
@@ -442,7 +466,7 @@ fn answer(
         } else {
             Framing::Close
         };
-    let reusable = !facts.close && (!http10 || facts.keep_alive);
+    let reusable = may_reuse && !facts.close && (!http10 || facts.keep_alive);
     let mut body = Pooled {
         conn: Some(c),
         framing,
@@ -584,29 +608,162 @@ impl Pooled {
     }
 }
 
-/// A request whose body streams through (too big to keep): hyper's client on a
-/// connection of its own, closed when the answer has been read.
-/// Send a request whose body streams from the client, through hyper's client on a
-/// connection of its own (not kept).
+/// Send a request whose body streams from the client (too big to keep for a retry), on a
+/// connection of its own that is not kept. The body goes out with the client's framing
+/// (its Content-Length, else chunked) while the target's answer is watched for: a target
+/// may refuse an upload from its head (413, 401) and hang up without reading the rest,
+/// and that answer is what the client must get (RFC 9112 §9.3), not a 502 for the write
+/// that failed when the target reset the connection. The body then stops being sent.
 pub async fn send_streaming(
     t: &Arc<TargetState>,
-    req: Request<Body>,
+    req: &Outgoing<'_>,
+    mut body: Body,
     connect_timeout: Duration,
 ) -> Result<Response<Body>, SendError> {
-    let tcp = connect(t, connect_timeout).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| SendError::Connect(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| SendError::Http(e.to_string()))?;
-    Ok(resp.map(Body::Streamed))
+    let length = req
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut c = Conn {
+        io: connect(t, connect_timeout).await?,
+        buf: BytesMut::new(),
+        out: Vec::with_capacity(1024),
+        idle_since: 0,
+    };
+    encode_head_framed(&mut c.out, req, length);
+    let mut out = BytesMut::from(&c.out[..]);
+    let mut left = length;
+    let mut body_done = false;
+    let step = std::future::poll_fn(|cx| loop {
+        // The answer, as soon as its (final) head is in.
+        match c.poll_fill(cx) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Step::Answer)),
+            Poll::Ready(Ok(_)) => {
+                if final_head_in(&c.buf) {
+                    return Poll::Ready(Ok(Step::Answer));
+                }
+                continue;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Ok(Step::WriteFailed(e))),
+            Poll::Pending => {}
+        }
+        if !out.is_empty() {
+            match tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut c.io), cx, &out) {
+                Poll::Ready(Ok(n)) => {
+                    let _ = out.split_to(n);
+                    continue;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Ok(Step::WriteFailed(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if body_done {
+            return Poll::Ready(Ok(Step::Sent));
+        }
+        match hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    if d.is_empty() {
+                        continue;
+                    }
+                    match &mut left {
+                        Some(n) => {
+                            if d.len() as u64 > *n {
+                                return Poll::Ready(Err(SendError::Http(
+                                    "the request body is longer than its Content-Length".into(),
+                                )));
+                            }
+                            *n -= d.len() as u64;
+                            out.extend_from_slice(&d);
+                        }
+                        None => {
+                            let _ = write!(ChunkHead(&mut out), "{:x}\r\n", d.len());
+                            out.extend_from_slice(&d);
+                            out.extend_from_slice(b"\r\n");
+                        }
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                match left {
+                    Some(0) => {}
+                    Some(_) => {
+                        return Poll::Ready(Err(SendError::Http(
+                            "the request body ended before its Content-Length".into(),
+                        )))
+                    }
+                    None => out.extend_from_slice(b"0\r\n\r\n"),
+                }
+                body_done = true;
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(SendError::Http(e.to_string()))),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await?;
+    if let Step::WriteFailed(e) = &step {
+        // Whatever the target said before it hung up is still ours to read; without a
+        // whole answer head, the failed write is the error.
+        if !final_head_in(&c.buf) {
+            loop {
+                match c.fill().await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if final_head_in(&c.buf) => break,
+                    Ok(_) => {}
+                }
+            }
+            if !final_head_in(&c.buf) {
+                return Err(SendError::Http(e.to_string()));
+            }
+        }
+    }
+    read_answer(c, t, req.method == Method::HEAD, false, false).await
+}
+
+/// How sending a streamed body ended.
+enum Step {
+    /// The target's answer (or the end of its stream) came first or with the last byte.
+    Answer,
+    /// The whole body went out.
+    Sent,
+    /// Writing or reading failed; the target may have answered and hung up.
+    WriteFailed(io::Error),
+}
+
+/// `write!` into a `BytesMut` (chunk sizes).
+struct ChunkHead<'a>(&'a mut BytesMut);
+
+impl Write for ChunkHead<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Does `buf` hold a final (non-1xx, or 101) answer head, after any interim ones?
+fn final_head_in(buf: &[u8]) -> bool {
+    let mut at = 0;
+    loop {
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut hs);
+        match r.parse(&buf[at..]) {
+            Ok(httparse::Status::Complete(n)) => {
+                let code = r.code.unwrap_or(0);
+                if (100..200).contains(&code) && code != 101 {
+                    at += n;
+                    continue;
+                }
+                return true;
+            }
+            // A head that cannot parse is an answer too: `read_answer` says what is wrong.
+            Err(_) => return true,
+            Ok(httparse::Status::Partial) => return false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -623,7 +780,7 @@ mod tests {
         len: usize,
         upgrade: Option<&str>,
     ) -> String {
-        let mut r = Request::builder().method(method).uri("/a?b=c");
+        let mut r = hyper::Request::builder().method(method).uri("/a?b=c");
         for (k, v) in headers {
             r = r.header(*k, *v);
         }
