@@ -34,10 +34,8 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A client's request body streamed to the target, under the write timeout.
     Timed(Timed),
-    /// A target's answer on a pooled connection.
+    /// A target's answer, read straight from its connection (pooled or not).
     Pooled(super::upstream::Pooled),
-    /// A target's answer to a streamed request, on a connection of its own.
-    Streamed(Incoming),
 }
 
 fn boxed<T>(p: Poll<Option<Result<T, hyper::Error>>>) -> Poll<Option<Result<T, BoxError>>> {
@@ -60,7 +58,6 @@ impl hyper::body::Body for Body {
             ),
             Body::Timed(t) => t.poll_frame(cx),
             Body::Pooled(p) => p.poll_frame(cx),
-            Body::Streamed(b) => boxed(Pin::new(b).poll_frame(cx)),
         }
     }
 
@@ -69,7 +66,6 @@ impl hyper::body::Body for Body {
             Body::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
             Body::Timed(t) => t.inner.is_end_stream(),
             Body::Pooled(p) => p.is_end_stream(),
-            Body::Streamed(b) => b.is_end_stream(),
         }
     }
 
@@ -78,7 +74,6 @@ impl hyper::body::Body for Body {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Timed(t) => t.inner.size_hint(),
             Body::Pooled(p) => p.size_hint(),
-            Body::Streamed(b) => b.size_hint(),
         }
     }
 }

@@ -628,11 +628,14 @@ pub async fn send_streaming(
     let mut c = Conn {
         io: connect(t, connect_timeout).await?,
         buf: BytesMut::new(),
-        out: Vec::with_capacity(1024),
+        out: Vec::new(),
         idle_since: 0,
     };
-    encode_head_framed(&mut c.out, req, length);
-    let mut out = BytesMut::from(&c.out[..]);
+    // What is still to be written: the head, then each piece of the body in turn (one at
+    // a time, so a slow target holds the client back rather than our memory filling up).
+    let mut head = Vec::with_capacity(1024);
+    encode_head_framed(&mut head, req, length);
+    let mut out = BytesMut::from(&head[..]);
     let mut left = length;
     let mut body_done = false;
     let step = std::future::poll_fn(|cx| loop {
