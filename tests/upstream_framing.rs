@@ -349,3 +349,30 @@ fn a_chunked_upload_streams_through_chunked() {
     assert!(raw[end..] == sent[..], "the echoed body differs");
     h.stop();
 }
+
+/// A client that sends its whole upload before it reads (many do) still gets the
+/// target's early answer: the balancer reads and drops the rest of the upload (nginx's
+/// lingering close) instead of closing on unread data, which would reset the connection
+/// under the client's feet.
+#[test]
+fn a_client_that_uploads_before_reading_gets_the_early_answer() {
+    let t = target();
+    let h = balancer::start(localdr_e2e::balancer_spec("linger", &[(t.port, 1)]), None).unwrap();
+    let body = vec![b'x'; 30_000_000];
+    let mut s = TcpStream::connect(("127.0.0.1", h.listen.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /too-large HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body).expect("the whole upload is taken");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.ends_with("too large"), "{text}");
+    h.stop();
+}

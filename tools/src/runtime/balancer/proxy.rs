@@ -237,6 +237,28 @@ fn tunnel(
     });
 }
 
+/// nginx's `lingering_time`: how long the rest of an upload the target did not want is
+/// read and dropped.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Read and drop what is left of a client's upload after the target answered without
+/// reading all of it (a 413, a 401, an error). Closing instead would leave unread data on
+/// the client's connection, and the kernel would reset it, very likely before a client
+/// that sends its whole upload before reading has read the answer (nginx's lingering
+/// close). Bounded by [`LINGER`]; a client that stops sending is cut off by the write
+/// timeout the body carries. Holding the body keeps hyper reading the connection.
+fn linger(mut body: Body) {
+    if hyper::body::Body::is_end_stream(&body) {
+        return;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+    });
+}
+
 fn idempotent(m: &hyper::Method) -> bool {
     matches!(
         *m,
@@ -352,6 +374,8 @@ pub async fn handle(
     }
     let safe_to_repeat = idempotent(&parts.method) && matches!(body, ReqBody::Buffered(_));
     let mut stalled: Option<Arc<std::sync::atomic::AtomicBool>> = None;
+    // The client's streamed body, under the write timeout, once an attempt has made it.
+    let mut streamed: Option<Body> = None;
     // What every attempt sends: the client's headers without the hop-by-hop ones, plus
     // X-Forwarded-For and the request id.
     let xff = match parts
@@ -417,14 +441,13 @@ pub async fn handle(
                 .await
             }
             ReqBody::Stream(s) => {
-                let upstream_body = match s.take() {
-                    Some(b) => {
-                        let (t, flag) = Timed::new(b, crate::spec::dur(&cfg.timeouts.write));
-                        stalled = Some(flag);
-                        Body::Timed(t)
-                    }
-                    None => full(Bytes::new()),
-                };
+                // Made once: a streamed request is never sent twice (see `can_retry`).
+                if let Some(b) = s.take() {
+                    let (t, flag) = Timed::new(b, crate::spec::dur(&cfg.timeouts.write));
+                    stalled = Some(flag);
+                    streamed = Some(Body::Timed(t));
+                }
+                let upstream_body = streamed.get_or_insert_with(|| full(Bytes::new()));
                 let out = upstream::Outgoing {
                     method: &parts.method,
                     target: path.as_str(),
@@ -441,6 +464,11 @@ pub async fn handle(
             }
         };
         target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(b) = streamed.take() {
+            if !stalled.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+                linger(b);
+            }
+        }
         if stalled.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
             lb.finish(request_id, &peer, &target.address, 408, start, retries);
             let mut r = simple(

@@ -613,11 +613,12 @@ impl Pooled {
 /// (its Content-Length, else chunked) while the target's answer is watched for: a target
 /// may refuse an upload from its head (413, 401) and hang up without reading the rest,
 /// and that answer is what the client must get (RFC 9112 §9.3), not a 502 for the write
-/// that failed when the target reset the connection. The body then stops being sent.
+/// that failed when the target reset the connection. The body then stops being sent; what
+/// is left of it stays in `body` for the caller to drain.
 pub async fn send_streaming(
     t: &Arc<TargetState>,
     req: &Outgoing<'_>,
-    mut body: Body,
+    body: &mut Body,
     connect_timeout: Duration,
 ) -> Result<Response<Body>, SendError> {
     let length = req
@@ -664,7 +665,7 @@ pub async fn send_streaming(
         if body_done {
             return Poll::Ready(Ok(Step::Sent));
         }
-        match hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx) {
+        match hyper::body::Body::poll_frame(std::pin::Pin::new(&mut *body), cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Ok(d) = f.into_data() {
                     if d.is_empty() {
