@@ -497,6 +497,18 @@ data "localdr_backups" "x" {
         "{e}"
     );
     assert!(e.contains("vault"), "{e}");
+    // A name the resources would refuse is refused here too, at plan.
+    let main = std::fs::read_to_string(missing.path().join("main.tf")).unwrap();
+    std::fs::write(
+        missing.path().join("main.tf"),
+        main.replace("/no-such-vault\"", "\"\n  name  = \"no spaces/allowed\""),
+    )
+    .unwrap();
+    let e = missing.plan_errors();
+    assert!(
+        e.contains("Invalid name") && e.contains("may contain only"),
+        "{e}"
+    );
 }
 
 both_terraforms!(

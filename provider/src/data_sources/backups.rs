@@ -4,7 +4,7 @@
 //! block can hold a recovery point objective in HCL: "the newest good snapshot is under
 //! 15 minutes old and is in the DR vault".
 
-use super::{object_list, v};
+use super::{check_name, object_list, v};
 use crate::resources::util::blocking;
 use crate::schema::{number, string};
 use async_trait::async_trait;
@@ -107,11 +107,7 @@ impl DataSource for BackupsSource {
     }
 
     async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
-        if let Value::Value(n) = &config.name {
-            if let Err(e) = localdr::naming::validate_name(n) {
-                diags.error("Invalid name", format!("{e}."), AttributePath::new("name"));
-            }
-        }
+        check_name(diags, &config.name);
         if matches!(&config.vault, Value::Value(p) if p.trim().is_empty()) {
             diags.error(
                 "Invalid vault",

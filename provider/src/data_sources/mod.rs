@@ -11,7 +11,7 @@ use tf_provider::schema::{Attribute, AttributeConstraint, AttributeType};
 use tf_provider::value::Value;
 use tf_provider::{AttributePath, Diagnostics};
 
-/// Both data sources take a `name`: the same rules as the resources' names.
+/// A data source's `name` follows the same rules as the resources' names.
 pub fn check_name(diags: &mut Diagnostics, name: &Value<String>) {
     if let Value::Value(n) = name {
         if let Err(e) = localdr::naming::validate_name(n) {
