@@ -287,6 +287,9 @@ fn tuned(weights: (u32, u32)) -> String {
     max_ejection_time  = "40s"
     panic_threshold    = 30
   }}
+  correlation_id {{
+    header_name = "X-Trace-Id"
+  }}
   timeouts {{
     read = "5s"
   }}
@@ -324,6 +327,8 @@ fn tuning_blocks_and_hot_reload_under_load() {
     assert_eq!(hc["passive"]["max_ejection_time"], "40s");
     assert_eq!(hc["passive"]["panic_threshold"], 30);
     assert_eq!(hc["passive"]["max_ejection_percent"], 50, "default kept");
+    assert_eq!(j["correlation_id"]["header_name"], "X-Trace-Id");
+    assert_eq!(j["correlation_id"]["echo_downstream"], true, "default kept");
     assert_eq!(j["timeouts"]["read"], "5s");
     assert_eq!(j["timeouts"]["connect"], "60s");
     assert_eq!(j["timeouts"]["client"], "60s", "default kept");
@@ -535,6 +540,9 @@ fn bad_tuning_and_queue_input_is_a_plan_diagnostic() {
       }}
     }}
   }}
+  correlation_id {{
+    header_name = "bad header"
+  }}
   circuit_breaker {{
     max_ejection_percent = 150
     base_ejection_time   = "1m"
@@ -576,6 +584,7 @@ resource "localdr_balancer" "c" {{
         "700 is not an HTTP status",
         "must be between 0 and 100; got 150",
         "must be between 0 and 100; got 101",
+        "correlation_id.header_name \"bad header\" is not an HTTP header name",
         "max_ejection_time (30s) must be at least base_ejection_time (60s)",
         "Invalid slow_start",
         "timeouts.client must be more than 0",

@@ -618,5 +618,6 @@ pub fn balancer_spec(name: &str, targets: &[(u16, u32)]) -> localdr::spec::Balan
         queue: None,
         slow_start: "0s".into(),
         access_log: false,
+        correlation_id: Default::default(),
     }
 }

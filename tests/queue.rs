@@ -111,6 +111,7 @@ fn queue_spec(
         }),
         slow_start: "0s".into(),
         access_log: true,
+        correlation_id: Default::default(),
     }
 }
 

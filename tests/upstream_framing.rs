@@ -376,3 +376,44 @@ fn a_client_that_uploads_before_reading_gets_the_early_answer() {
     assert!(text.ends_with("too large"), "{text}");
     h.stop();
 }
+
+/// `correlation_id`: the id goes to the target under the configured header (kept from the
+/// client when it sent one, generated otherwise) and, with `echo_downstream = false`, not
+/// back to the client.
+#[test]
+fn the_request_id_header_is_configurable_and_echo_can_be_off() {
+    let t = target();
+    let mut spec = localdr_e2e::balancer_spec("corr", &[(t.port, 1)]);
+    spec.correlation_id.header_name = "X-Correlation-ID".into();
+    spec.correlation_id.echo_downstream = false;
+    let h = balancer::start(spec, None).unwrap();
+    let ask = |extra: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", h.listen.port())).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /head HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.to_lowercase()
+    };
+    let out = ask("");
+    let (head, seen) = out.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{out}");
+    let id = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("x-correlation-id: "))
+        .unwrap_or_else(|| panic!("no id reached the target: {seen}"));
+    assert_eq!(id.trim().len(), 24, "{seen}");
+    assert!(!seen.contains("x-request-id"), "{seen}");
+    assert!(
+        !head.contains("x-correlation-id") && !head.contains("x-request-id"),
+        "{head}"
+    );
+    // A client's own id is kept.
+    let out = ask("X-Correlation-ID: abc-123\r\n");
+    assert!(out.contains("\r\nx-correlation-id: abc-123\r\n"), "{out}");
+    h.stop();
+}

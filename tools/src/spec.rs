@@ -506,6 +506,9 @@ pub struct BalancerSpec {
     /// JSON-lines access log in `logs/<name>-access.log` (on by default).
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// Kong's correlation-id plugin: the request id header and whether answers carry it.
+    #[serde(default)]
+    pub correlation_id: CorrelationId,
 }
 
 fn default_true() -> bool {
@@ -583,6 +586,35 @@ pub struct PassiveCheck {
     /// one remains.
     #[serde(default)]
     pub panic_threshold: u32,
+}
+
+/// The request id: kept from the client when it sent one, else generated; passed to the
+/// target, logged, and (with `echo_downstream`) returned to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorrelationId {
+    pub header_name: String,
+    pub echo_downstream: bool,
+}
+
+impl Default for CorrelationId {
+    fn default() -> Self {
+        CorrelationId {
+            header_name: "X-Request-ID".into(),
+            echo_downstream: true,
+        }
+    }
+}
+
+impl CorrelationId {
+    /// The header name as HTTP takes it, or why it cannot be one.
+    pub fn header(&self) -> Result<hyper::header::HeaderName, String> {
+        hyper::header::HeaderName::from_bytes(self.header_name.as_bytes()).map_err(|_| {
+            format!(
+                "correlation_id.header_name {:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
+                self.header_name
+            )
+        })
+    }
 }
 
 fn default_max_ejection_time() -> String {

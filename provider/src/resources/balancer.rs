@@ -69,6 +69,8 @@ pub struct BalancerState {
     pub timeouts: Value<TimeoutsBlock>,
     #[serde(with = "value::serde_as_vec")]
     pub queue: Value<QueueBlock>,
+    #[serde(with = "value::serde_as_vec")]
+    pub correlation_id: Value<blocks::CorrelationBlock>,
     pub ensure_running: B,
     pub admin_address: S,
 }
@@ -98,6 +100,7 @@ fn apply_defaults(s: &mut BalancerState, state_dir: &std::path::Path) {
         &mut s.queue,
         &log_dir.display().to_string(),
     );
+    blocks::correlation_defaults(&mut s.correlation_id);
     fill(&mut s.listen, "127.0.0.1:8080".into());
     fill(&mut s.admin_listen, "127.0.0.1:0".into());
     fill(&mut s.algorithm, "round-robin".into());
@@ -148,6 +151,7 @@ fn to_spec(s: &BalancerState) -> Result<BalancerSpec, String> {
         retries: u32::try_from(known(&s.retries).unwrap_or(5))
             .map_err(|_| "retries must be 0 or more")?,
         timeouts: blocks::timeouts(&s.timeouts),
+        correlation_id: blocks::correlation(&s.correlation_id),
         rate_limit: match &s.rate_limit {
             Value::Value(r) => Some(RateLimit {
                 requests_per_minute: u32::try_from(known(&r.requests_per_minute).unwrap_or(60))
@@ -208,6 +212,7 @@ fn from_spec(state: &mut BalancerState, sp: &BalancerSpec) {
         &mut state.queue,
         sp,
     );
+    blocks::correlation_from_spec(&mut state.correlation_id, sp);
 }
 
 fn check_config(diags: &mut Diagnostics, c: &BalancerState) {
@@ -261,6 +266,7 @@ fn check_config(diags: &mut Diagnostics, c: &BalancerState) {
         &c.timeouts,
         &c.queue,
     );
+    blocks::check_correlation(diags, &c.correlation_id);
     if let Value::Value(d) = &c.slow_start {
         if let Err(e) = localdr::duration::parse(d) {
             diags.error(
@@ -435,6 +441,7 @@ fn with_tuning_blocks(
             .into_iter()
             .map(|(k, b)| (k.to_string(), b)),
     );
+    m.insert("correlation_id".into(), blocks::correlation_schema());
     m
 }
 

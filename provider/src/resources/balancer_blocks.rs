@@ -9,7 +9,8 @@
 
 use super::util::{fill, known, v};
 use localdr::spec::{
-    ActiveCheck, BalancerSpec, Healthchecks, PassiveCheck, QueueSpec, Thresholds, Timeouts,
+    ActiveCheck, BalancerSpec, CorrelationId, Healthchecks, PassiveCheck, QueueSpec, Thresholds,
+    Timeouts,
 };
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{
@@ -19,7 +20,7 @@ use tf_provider::schema::{
 use tf_provider::value::{self, Value};
 use tf_provider::{map, AttributePath, Diagnostics};
 
-use crate::schema::{attr, number, string};
+use crate::schema::{attr, boolean, number, string};
 
 type S = Value<String>;
 type N = Value<i64>;
@@ -768,4 +769,76 @@ pub fn schemas() -> Vec<(&'static str, NestedBlock)> {
             }),
         ),
     ]
+}
+
+// ---- correlation_id (Kong's correlation-id plugin) ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct CorrelationBlock {
+    pub header_name: S,
+    pub echo_downstream: Value<bool>,
+}
+
+/// Plan what the block leaves out to its defaults.
+pub fn correlation_defaults(c: &mut Value<CorrelationBlock>) {
+    let d = CorrelationId::default();
+    within(c, |c| {
+        fill(&mut c.header_name, d.header_name.clone());
+        fill(&mut c.echo_downstream, d.echo_downstream);
+    });
+}
+
+pub fn correlation(c: &Value<CorrelationBlock>) -> CorrelationId {
+    let d = CorrelationId::default();
+    match c {
+        Value::Value(c) => CorrelationId {
+            header_name: text(&c.header_name, &d.header_name),
+            echo_downstream: known(&c.echo_downstream).unwrap_or(d.echo_downstream),
+        },
+        _ => d,
+    }
+}
+
+/// The block as the spec on disk has it: absent when the spec holds the defaults and the
+/// configuration left the block out, so a hand edit shows as a diff and nothing else does.
+pub fn correlation_from_spec(c: &mut Value<CorrelationBlock>, sp: &BalancerSpec) {
+    let id = &sp.correlation_id;
+    *c = keep(!c.is_null(), *id == CorrelationId::default(), || {
+        CorrelationBlock {
+            header_name: v(id.header_name.clone()),
+            echo_downstream: v(id.echo_downstream),
+        }
+    });
+}
+
+pub fn check_correlation(diags: &mut Diagnostics, c: &Value<CorrelationBlock>) {
+    if let Value::Value(b) = c {
+        if let Value::Value(name) = &b.header_name {
+            let id = CorrelationId {
+                header_name: name.clone(),
+                echo_downstream: true,
+            };
+            if let Err(e) = id.header() {
+                diags.error(
+                    "Invalid header name",
+                    format!("{e}."),
+                    AttributePath::new("correlation_id")
+                        .index(0)
+                        .attribute("header_name"),
+                );
+            }
+        }
+    }
+}
+
+pub fn correlation_schema() -> NestedBlock {
+    NestedBlock::Optional(Block {
+        version: 1,
+        description: Description::plain("The request id (Kong's correlation-id plugin): kept from the client when it sent one, else generated; passed to the target and logged."),
+        attributes: map! {
+            "header_name" => string(OptionalComputed, "Default X-Request-ID."),
+            "echo_downstream" => boolean(OptionalComputed, "Return the id to the client in the answer. Default true.")
+        },
+        ..Default::default()
+    })
 }

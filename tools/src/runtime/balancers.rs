@@ -234,6 +234,7 @@ pub(crate) fn placeholder(name: &str) -> BalancerSpec {
         queue: None,
         slow_start: "0s".into(),
         access_log: true,
+        correlation_id: Default::default(),
     }
 }
 

@@ -75,6 +75,32 @@ pub struct Balancer {
     read_ms: AtomicU64,
     client_ms: AtomicU64,
     access: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+    /// `correlation_id`, parsed once per reload.
+    correlation: ArcSwap<Correlation>,
+}
+
+/// The request id header as the proxy uses it.
+#[derive(Debug)]
+pub struct Correlation {
+    pub name: hyper::header::HeaderName,
+    /// Return the id to the client.
+    pub echo: bool,
+}
+
+impl Correlation {
+    /// From the spec; a name that is not a header name (only a hand-edited spec can hold
+    /// one: plan refuses it) falls back to the default, with a warning.
+    fn of(spec: &BalancerSpec) -> Correlation {
+        let c = &spec.correlation_id;
+        let name = c.header().unwrap_or_else(|e| {
+            tracing::warn!(balancer = %spec.name, "{e}; using X-Request-ID");
+            hyper::header::HeaderName::from_static("x-request-id")
+        });
+        Correlation {
+            name,
+            echo: c.echo_downstream,
+        }
+    }
 }
 
 impl Balancer {
@@ -97,6 +123,7 @@ impl Balancer {
             read_ms: AtomicU64::new(dur(&spec.timeouts.read).as_millis() as u64),
             client_ms: AtomicU64::new(client_ms(&spec)),
             access: Mutex::new(access_log.map(std::io::BufWriter::new)),
+            correlation: ArcSwap::from_pointee(Correlation::of(&spec)),
         });
         lb.set_targets(&spec, None);
         lb
@@ -131,6 +158,9 @@ impl Balancer {
             ));
         }
         self.set_targets(&spec, service_targets);
+        if old.correlation_id != spec.correlation_id {
+            self.correlation.store(Arc::new(Correlation::of(&spec)));
+        }
         self.slow_start_ms.store(slow_ms(&spec), Ordering::Relaxed);
         self.panic_threshold
             .store(spec.healthchecks.passive.panic_threshold, Ordering::Relaxed);
@@ -278,6 +308,11 @@ impl Balancer {
         let r = self.metrics.retries.load(Ordering::Relaxed);
         let n = self.metrics.requests.load(Ordering::Relaxed);
         r < n / 5 + 10
+    }
+
+    /// The request id header and whether answers carry it.
+    pub fn correlation(&self) -> Arc<Correlation> {
+        self.correlation.load_full()
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -138,7 +138,6 @@ fn simple(status: StatusCode, msg: &str) -> Response<Body> {
     r
 }
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -300,7 +299,14 @@ pub async fn handle(
     let start = Instant::now();
     let cfg = lb.config();
     // The client's id when it sent a usable one, else a new one.
-    let rid = match req.headers().get(&X_REQUEST_ID) {
+    let corr = lb.correlation();
+    // Answers the balancer makes or passes on carry the id, unless told not to.
+    let echo = |h: &mut hyper::HeaderMap, rid: &HeaderValue| {
+        if corr.echo {
+            h.insert(&corr.name, rid.clone());
+        }
+    };
+    let rid = match req.headers().get(&corr.name) {
         Some(v) if v.to_str().is_ok() => v.clone(),
         _ => lb.next_request_id(),
     };
@@ -326,7 +332,7 @@ pub async fn handle(
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             r.headers_mut()
                 .insert("retry-after", HeaderValue::from(secs));
-            r.headers_mut().insert(&X_REQUEST_ID, rid.clone());
+            echo(r.headers_mut(), &rid);
             lb.finish(request_id, &peer, "-", 429, start, 0);
             return Ok(r);
         }
@@ -389,7 +395,7 @@ pub async fn handle(
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     headers.insert(&X_FORWARDED_FOR, xff);
-    headers.insert(&X_REQUEST_ID, rid.clone());
+    headers.insert(&corr.name, rid.clone());
     // Origin-form to the target; the client's Host goes along (or the target's, if none).
     let path = parts
         .uri
@@ -475,7 +481,7 @@ pub async fn handle(
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body stopped arriving",
             );
-            r.headers_mut().insert(&X_REQUEST_ID, rid.clone());
+            echo(r.headers_mut(), &rid);
             return Ok(r);
         }
         let (outcome, resp, nothing_sent) = match sent {
@@ -532,12 +538,12 @@ pub async fn handle(
                     if let Some(p) = proto.or(upgrade) {
                         rp.headers.insert(hyper::header::UPGRADE, p);
                     }
-                    rp.headers.insert(&X_REQUEST_ID, rid.clone());
+                    echo(&mut rp.headers, &rid);
                     tunnel(&lb, target, on, io, early, request_id);
                     return Ok(Response::from_parts(rp, full(Bytes::new())));
                 }
                 strip_hop_by_hop(&mut rp.headers);
-                rp.headers.insert(&X_REQUEST_ID, rid.clone());
+                echo(&mut rp.headers, &rid);
                 lb.finish(
                     request_id,
                     &peer,
@@ -568,7 +574,7 @@ pub async fn handle(
                 retries,
             );
             let mut r = simple(code, msg);
-            r.headers_mut().insert(&X_REQUEST_ID, rid.clone());
+            echo(r.headers_mut(), &rid);
             return Ok(r);
         }
         retries += 1;
