@@ -133,8 +133,14 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
 
+    /// `switch_all` switches every socket in the process, so these tests must not run at
+    /// the same time: one's switch would reach the other's listener before it asserts
+    /// that a fresh socket starts without TCP_NODELAY (seen once in CI).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn a_listener_switched_before_accept_hands_nodelay_to_what_it_accepts() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         switch_all();
         let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -144,6 +150,7 @@ mod tests {
 
     #[test]
     fn sets_nodelay_on_a_connected_socket() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
