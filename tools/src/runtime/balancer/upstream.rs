@@ -35,12 +35,13 @@ use tokio::net::TcpStream;
 
 /// Idle connections kept per target.
 const MAX_IDLE: usize = 64;
-/// How long a connection may sit idle before the balancer closes it. Most application
-/// servers close idle keep-alive connections after 5 s (Node, uvicorn; gunicorn after 2),
-/// and HAProxy purges its own after 5 s: closing ours first means a request is never
-/// written to a connection at the moment its target gives up on it (a race a POST, which
-/// is never sent twice, would lose as a 502), and a target that went quiet is not left
-/// holding sockets for us.
+/// How long a connection may sit idle before the balancer closes it. Node and uvicorn
+/// close idle keep-alive connections after 5 s, and HAProxy purges its own after 5 s:
+/// with such targets, closing ours first means a request is never written to a
+/// connection at the moment the target gives up on it (a race a POST, which is never sent
+/// twice, would lose as a 502). Targets that give up sooner (gunicorn: 2 s) are still
+/// caught by the readiness check before reuse, as before. Either way, a target that went
+/// quiet is not left holding sockets for us.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(4);
 
 /// A coarse clock for idle connections: milliseconds since the first reading, advanced
