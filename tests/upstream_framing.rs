@@ -73,6 +73,25 @@ fn serve(mut s: TcpStream) {
             .find_map(|l| l.strip_prefix("content-length:"))
             .map(|v| v.trim().parse().unwrap())
             .unwrap_or(0);
+        if path == "/early-ok" {
+            // Answer from the head, then stream the upload back as it arrives.
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+            let mut got = buf.len() - end;
+            let _ = s.write_all(&buf[end..]);
+            while got < len {
+                let mut b = [0u8; 65536];
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        got += n;
+                        if s.write_all(&b[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            return;
+        }
         if path == "/too-large" {
             // Refuse the upload from its head alone and hang up without reading the body,
             // as a server enforcing a size limit does: the unread bytes make the kernel
@@ -415,5 +434,25 @@ fn the_request_id_header_is_configurable_and_echo_can_be_off() {
     // A client's own id is kept.
     let out = ask("X-Correlation-ID: abc-123\r\n");
     assert!(out.contains("\r\nx-correlation-id: abc-123\r\n"), "{out}");
+    h.stop();
+}
+
+/// A target that answers 200 from the head and streams the upload back as it reads it
+/// (nothing refused) gets the whole upload, and the client the whole echo.
+#[test]
+fn an_early_answer_that_refuses_nothing_lets_the_upload_go_on() {
+    let t = target();
+    let h = balancer::start(localdr_e2e::balancer_spec("duplex", &[(t.port, 1)]), None).unwrap();
+    let body: String = (0..3_000_000u32)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let (c, head, b, complete) = call(h.listen.port(), "POST", "/early-ok", &body);
+    assert_eq!(c, 200, "{head}");
+    assert!(
+        complete && b == body.as_bytes(),
+        "{} of {} bytes echoed",
+        b.len(),
+        body.len()
+    );
     h.stop();
 }

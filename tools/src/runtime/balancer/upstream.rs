@@ -614,8 +614,10 @@ impl Pooled {
 /// (its Content-Length, else chunked) while the target's answer is watched for: a target
 /// may refuse an upload from its head (413, 401) and hang up without reading the rest,
 /// and that answer is what the client must get (RFC 9112 §9.3), not a 502 for the write
-/// that failed when the target reset the connection. The body then stops being sent; what
-/// is left of it stays in `body` for the caller to drain.
+/// that failed when the target reset the connection. After such a refusal the body stops
+/// being sent, and what is left of it stays in `body` for the caller to drain; after an
+/// answer that does not refuse it (a target that answers while it reads), the body goes
+/// on to the end.
 pub async fn send_streaming(
     t: &Arc<TargetState>,
     req: &Outgoing<'_>,
@@ -640,13 +642,20 @@ pub async fn send_streaming(
     let mut out = BytesMut::from(&head[..]);
     let mut left = length;
     let mut body_done = false;
+    // An answer that came while the body was going out and lets it go on: keep reading
+    // (the target may not read more until its answer is taken) and keep sending.
+    let mut answered = false;
     let step = std::future::poll_fn(|cx| loop {
         // The answer, as soon as its (final) head is in.
         match c.poll_fill(cx) {
             Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Step::Answer)),
             Poll::Ready(Ok(_)) => {
-                if final_head_in(&c.buf) {
-                    return Poll::Ready(Ok(Step::Answer));
+                if !answered {
+                    match final_head(&c.buf) {
+                        Some(true) => return Poll::Ready(Ok(Step::Answer)),
+                        Some(false) => answered = true,
+                        None => {}
+                    }
                 }
                 continue;
             }
@@ -710,15 +719,15 @@ pub async fn send_streaming(
     if let Step::WriteFailed(e) = &step {
         // Whatever the target said before it hung up is still ours to read; without a
         // whole answer head, the failed write is the error.
-        if !final_head_in(&c.buf) {
+        if final_head(&c.buf).is_none() {
             loop {
                 match c.fill().await {
                     Ok(0) | Err(_) => break,
-                    Ok(_) if final_head_in(&c.buf) => break,
+                    Ok(_) if final_head(&c.buf).is_some() => break,
                     Ok(_) => {}
                 }
             }
-            if !final_head_in(&c.buf) {
+            if final_head(&c.buf).is_none() {
                 return Err(SendError::Http(e.to_string()));
             }
         }
@@ -728,7 +737,8 @@ pub async fn send_streaming(
 
 /// How sending a streamed body ended.
 enum Step {
-    /// The target's answer (or the end of its stream) came first or with the last byte.
+    /// A refusing answer (or the end of the target's stream) came before the body was all
+    /// out.
     Answer,
     /// The whole body went out.
     Sent,
@@ -749,8 +759,11 @@ impl Write for ChunkHead<'_> {
     }
 }
 
-/// Does `buf` hold a final (non-1xx, or 101) answer head, after any interim ones?
-fn final_head_in(buf: &[u8]) -> bool {
+/// The final (non-1xx, or 101) answer head in `buf`, after any interim ones: `Some(true)`
+/// when it refuses the rest of the request body (an error status, or the target saying
+/// it closes: RFC 9112 §9.3), `Some(false)` for an answer that lets the upload go on (a
+/// target answering while it reads, as a streaming echo does), `None` while incomplete.
+fn final_head(buf: &[u8]) -> Option<bool> {
     let mut at = 0;
     loop {
         let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -762,11 +775,17 @@ fn final_head_in(buf: &[u8]) -> bool {
                     at += n;
                     continue;
                 }
-                return true;
+                let closing = r.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("connection")
+                        && h.value
+                            .split(|&b| b == b',')
+                            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+                });
+                return Some(code >= 400 || closing);
             }
             // A head that cannot parse is an answer too: `read_answer` says what is wrong.
-            Err(_) => return true,
-            Ok(httparse::Status::Partial) => return false,
+            Err(_) => return Some(true),
+            Ok(httparse::Status::Partial) => return None,
         }
     }
 }
