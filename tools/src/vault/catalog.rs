@@ -54,30 +54,46 @@ pub fn catalog(vault: &Vault, name: Option<&str>) -> Result<Catalog> {
     }
     let _lock = vault.lock_for_read()?;
     let (good, damaged) = vault.manifests(name)?;
+    // The DR vaults each name's policy names, opened once, each with one verifier (its
+    // quick-check cache is read once, not once per snapshot).
+    let mut dr_vaults: Vec<(PathBuf, Vault)> = Vec::new();
+    let mut copies_of: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for m in &good {
+        if copies_of.contains_key(m.name.as_str()) {
+            continue;
+        }
+        let mut at = Vec::new();
+        if let Some(p) = vault.load_policy(&m.name)? {
+            for c in &p.copies {
+                let path = p.resolve(&c.vault);
+                let i = match dr_vaults.iter().position(|(q, _)| *q == path) {
+                    Some(i) => i,
+                    None => {
+                        dr_vaults.push((path.clone(), Vault::at(&path)?));
+                        dr_vaults.len() - 1
+                    }
+                };
+                at.push(i);
+            }
+        }
+        copies_of.insert(&m.name, at);
+    }
+    let mut dr_verifiers: Vec<Option<Verifier>> = dr_vaults
+        .iter()
+        .map(|(_, dr)| dr.exists().then(|| Verifier::new(dr, Depth::Quick)))
+        .collect();
     let mut verifier = Verifier::new(vault, Depth::Quick);
-    // Each name's DR vaults, from its policy, opened once.
-    let mut copies_of: BTreeMap<String, Vec<(PathBuf, Vault)>> = BTreeMap::new();
     let mut items = Vec::with_capacity(good.len());
     for (i, m) in good.iter().enumerate() {
         let problems = verifier.check_snapshot(m);
-        if !copies_of.contains_key(&m.name) {
-            let dr = match vault.load_policy(&m.name)? {
-                Some(p) => p
-                    .copies
-                    .iter()
-                    .map(|c| p.resolve(&c.vault))
-                    .map(|path| Vault::at(&path).map(|v| (path, v)))
-                    .collect::<Result<Vec<_>>>()?,
-                None => Vec::new(),
-            };
-            copies_of.insert(m.name.clone(), dr);
-        }
-        let copies = copies_of[&m.name]
+        let copies = copies_of[m.name.as_str()]
             .iter()
-            .filter(|(_, dr)| {
-                dr.exists() && Verifier::new(dr, Depth::Quick).check_id(&m.id).is_ok()
+            .filter(|&&d| {
+                dr_verifiers[d]
+                    .as_mut()
+                    .is_some_and(|v| v.check_id(&m.id).is_ok())
             })
-            .map(|(path, _)| path.clone())
+            .map(|&d| dr_vaults[d].0.clone())
             .collect();
         items.push(Item {
             number: i + 1,

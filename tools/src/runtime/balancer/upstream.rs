@@ -645,21 +645,24 @@ pub async fn send_streaming(
     // An answer that came while the body was going out and lets it go on: keep reading
     // (the target may not read more until its answer is taken) and keep sending.
     let mut answered = false;
-    let step = std::future::poll_fn(|cx| loop {
+    // Ends with `Some(error)` when writing or reading failed (the target may have answered
+    // and hung up), `None` once the body is out or a refusing answer (or the end of the
+    // target's stream) came first.
+    let failed = std::future::poll_fn(|cx| loop {
         // The answer, as soon as its (final) head is in.
         match c.poll_fill(cx) {
-            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Step::Answer)),
+            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(None)),
             Poll::Ready(Ok(_)) => {
                 if !answered {
                     match final_head(&c.buf) {
-                        Some(true) => return Poll::Ready(Ok(Step::Answer)),
+                        Some(true) => return Poll::Ready(Ok(None)),
                         Some(false) => answered = true,
                         None => {}
                     }
                 }
                 continue;
             }
-            Poll::Ready(Err(e)) => return Poll::Ready(Ok(Step::WriteFailed(e))),
+            Poll::Ready(Err(e)) => return Poll::Ready(Ok(Some(e))),
             Poll::Pending => {}
         }
         if !out.is_empty() {
@@ -668,12 +671,12 @@ pub async fn send_streaming(
                     let _ = out.split_to(n);
                     continue;
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Ok(Step::WriteFailed(e))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Ok(Some(e))),
                 Poll::Pending => return Poll::Pending,
             }
         }
         if body_done {
-            return Poll::Ready(Ok(Step::Sent));
+            return Poll::Ready(Ok(None));
         }
         match hyper::body::Body::poll_frame(std::pin::Pin::new(&mut *body), cx) {
             Poll::Ready(Some(Ok(f))) => {
@@ -716,7 +719,7 @@ pub async fn send_streaming(
         }
     })
     .await?;
-    if let Step::WriteFailed(e) = &step {
+    if let Some(e) = &failed {
         // Whatever the target said before it hung up is still ours to read; without a
         // whole answer head, the failed write is the error.
         if final_head(&c.buf).is_none() {
@@ -733,17 +736,6 @@ pub async fn send_streaming(
         }
     }
     read_answer(c, t, req.method == Method::HEAD, false, false).await
-}
-
-/// How sending a streamed body ended.
-enum Step {
-    /// A refusing answer (or the end of the target's stream) came before the body was all
-    /// out.
-    Answer,
-    /// The whole body went out.
-    Sent,
-    /// Writing or reading failed; the target may have answered and hung up.
-    WriteFailed(io::Error),
 }
 
 /// `write!` into a `BytesMut` (chunk sizes).
