@@ -211,6 +211,11 @@ impl StateDir {
     }
 
     /// Take the agent lock, or say who holds it.
+    ///
+    /// The lock can outlive its agent by a moment: a child the agent forked holds it until
+    /// it execs (the descriptor is close-on-exec), so an agent killed with `kill -9` while
+    /// starting a worker leaves it held for that long. When the agent on record is dead,
+    /// the lock is waited for (up to [`STALE_LOCK_WAIT`]) instead of refused.
     pub fn lock_agent(&self) -> Result<File> {
         self.create()?;
         let path = self.lock_path();
@@ -221,27 +226,44 @@ impl StateDir {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("could not open {}", path.display()))?;
-        match f.try_lock() {
-            Ok(()) => Ok(f),
-            Err(TryLockError::WouldBlock) => {
-                let who = self
-                    .agent_info()
-                    .ok()
-                    .flatten()
-                    .map(|i| format!(" (pid {})", i.pid))
-                    .unwrap_or_default();
-                bail!(
-                    "another localdr agent{who} is already running on state dir {}; \
+        let since = std::time::Instant::now();
+        loop {
+            match f.try_lock() {
+                Ok(()) => return Ok(f),
+                Err(TryLockError::WouldBlock) => {
+                    let info = self.agent_info().ok().flatten();
+                    let dead = info.as_ref().is_some_and(|i| !pid_alive(i.pid));
+                    if dead && since.elapsed() < STALE_LOCK_WAIT {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    }
+                    let who = info
+                        .map(|i| format!(" (pid {})", i.pid))
+                        .unwrap_or_default();
+                    bail!(
+                        "another localdr agent{who} is already running on state dir {}; \
                      stop it first (`localdr agent stop --state-dir {}`) or use it as it is",
-                    self.root.display(),
-                    self.root.display()
-                )
-            }
-            Err(TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("could not lock {}", path.display()))
+                        self.root.display(),
+                        self.root.display()
+                    )
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("could not lock {}", path.display()))
+                }
             }
         }
     }
+}
+
+/// How long [`StateDir::lock_agent`] waits for a lock whose agent is dead.
+pub const STALE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
 }
 
 pub fn hash(bytes: &[u8]) -> String {
@@ -328,6 +350,42 @@ mod tests {
         assert!(err.contains("already running"), "{err}");
         drop(held);
         assert!(!sd.agent_running());
+    }
+
+    /// A lock still held after its agent died (a forked child not yet exec'd) is waited
+    /// for; one held by a live agent is refused at once.
+    #[test]
+    fn a_lock_left_by_a_dead_agent_is_waited_for() {
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(t.path());
+        let held = sd.lock_agent().unwrap();
+        let info = |pid: u32| AgentInfo {
+            api_version: API_VERSION,
+            pid,
+            started_at: "t".into(),
+            version: "0".into(),
+            log_file: None,
+        };
+        crate::atomic::write_json(&sd.agent_info_path(), &info(std::process::id())).unwrap();
+        let t0 = std::time::Instant::now();
+        assert!(sd.lock_agent().is_err());
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(1),
+            "a live agent is refused at once"
+        );
+
+        // A pid that is certainly gone: a child we started and reaped.
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let gone = c.id();
+        c.wait().unwrap();
+        crate::atomic::write_json(&sd.agent_info_path(), &info(gone)).unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let got = sd.lock_agent();
+        releaser.join().unwrap();
+        assert!(got.is_ok(), "{:#}", got.unwrap_err());
     }
 
     #[test]

@@ -132,23 +132,8 @@ pub fn start(spec: BalancerSpec, sd: StateDir, exe: PathBuf) -> Result<QueueHand
             );
         }
     }
-    let cfg = Arc::new(ArcSwap::from_pointee(spec.clone()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let status = Arc::new(Mutex::new(json!({})));
-    let mut d = Dispatcher {
-        cfg: cfg.clone(),
-        sd,
-        exe,
-        stop: stop.clone(),
-        status: status.clone(),
-        in_flight: BTreeMap::new(),
-        backlog: VecDeque::new(),
-        workers: Vec::new(),
-        healthy_at: HashMap::new(),
-        cursor: 0,
-        counts: HashMap::new(),
-        seq: AtomicU64::new(0),
-    };
+    let mut d = Dispatcher::new(spec.clone(), sd, exe);
+    let (cfg, stop, status) = (d.cfg.clone(), d.stop.clone(), d.status.clone());
     let thread = std::thread::Builder::new()
         .name(format!("queue-{}", spec.name))
         .spawn(move || {
@@ -187,6 +172,23 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
+    fn new(spec: BalancerSpec, sd: StateDir, exe: PathBuf) -> Dispatcher {
+        Dispatcher {
+            cfg: Arc::new(ArcSwap::from_pointee(spec)),
+            sd,
+            exe,
+            stop: Arc::new(AtomicBool::new(false)),
+            status: Arc::new(Mutex::new(json!({}))),
+            in_flight: BTreeMap::new(),
+            backlog: VecDeque::new(),
+            workers: Vec::new(),
+            healthy_at: HashMap::new(),
+            cursor: 0,
+            counts: HashMap::new(),
+            seq: AtomicU64::new(0),
+        }
+    }
+
     fn name(&self) -> String {
         self.cfg.load().name.clone()
     }
@@ -468,7 +470,8 @@ impl Dispatcher {
             ("processed", to)
         } else {
             let errors = Path::new(&q.errors_dir);
-            let name = if errors.join(&job.item).exists() && job.item_path.exists() {
+            let here = job.item_path.exists();
+            let name = if errors.join(&job.item).exists() && here {
                 format!("{}.{}", job.item, job.run)
             } else {
                 job.item.clone()
@@ -482,7 +485,11 @@ impl Dispatcher {
                 "started": out.started,
                 "duration_ms": out.duration_ms,
             });
-            crate::atomic::write_json(&errors.join(format!("{name}.reason.json")), &reason)?;
+            // The reason goes first; an item already gone (an agent crashed after the move)
+            // has its reason beside it, and rewriting it could replace a same-named one.
+            if here {
+                crate::atomic::write_json(&errors.join(format!("{name}.reason.json")), &reason)?;
+            }
             let to = match claim::move_into(&job.item_path, errors, &name, &job.run)? {
                 Moved::To(p) => p,
                 Moved::Gone => errors.join(&name),
@@ -562,14 +569,35 @@ impl Dispatcher {
                         .insert(worker.clone(), InFlight { job, child: None });
                 }
             }
-            // Results whose item was already filed (a crash after the move).
+            // Results whose item was already filed: an agent crashed after the move, maybe
+            // before it logged the outcome. Finishing them logs what is missing (the log
+            // knows the run, so nothing is logged twice) and drops the result.
             if let Ok(rd) = std::fs::read_dir(exec::meta_dir(&wdir)) {
                 for e in rd.flatten() {
                     let n = e.file_name().to_string_lossy().to_string();
-                    if let Some(item) = n.strip_suffix(".result") {
-                        if !wdir.join(item).exists() {
-                            let _ = std::fs::remove_file(e.path());
-                        }
+                    let Some(item) = n.strip_suffix(".result") else {
+                        continue;
+                    };
+                    if wdir.join(item).exists() {
+                        continue;
+                    }
+                    let Some(out) = exec::read_result(&e.path()) else {
+                        // Never half-written (atomic), so not ours: leave it alone.
+                        continue;
+                    };
+                    let job = exec::Job {
+                        run: out.run,
+                        worker: worker.clone(),
+                        item: item.to_string(),
+                        item_path: wdir.join(item),
+                        lock: exec::lock_path(&wdir, item),
+                        result: e.path(),
+                        argv: vec![],
+                        env: vec![],
+                        timeout_ms: 0,
+                    };
+                    if let Some(guard) = exec::lock(&job.lock, false)? {
+                        self.finish(&job, guard)?;
                     }
                 }
             }
@@ -615,4 +643,114 @@ fn worker_dir(q: &QueueSpec, worker: &str) -> PathBuf {
 
 fn now_str() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(run: &str, worker: &str, item: &str, ok: bool) -> exec::Outcome {
+        exec::Outcome {
+            run: run.into(),
+            worker: worker.into(),
+            item: item.into(),
+            ok,
+            exit: if ok { "exit code 0" } else { "exit code 1" }.into(),
+            output: String::new(),
+            started: "t".into(),
+            duration_ms: 5,
+        }
+    }
+
+    fn record(run: &str, worker: &str, item: &str) -> worklog::Record {
+        worklog::Record {
+            ts: "t".into(),
+            run: run.into(),
+            item: item.into(),
+            worker: worker.into(),
+            status: "processed".into(),
+            exit: None,
+            duration_ms: None,
+            reason: None,
+            path: "p".into(),
+        }
+    }
+
+    /// Agents killed after filing an item, one before and one after logging its outcome
+    /// (a worker has one item at a time, so one such result per worker): the next agent
+    /// logs the missing outcome once from the result left behind, logs nothing twice, and
+    /// leaves filed items and reason files as they are.
+    #[test]
+    fn recover_logs_outcomes_filed_but_not_logged() {
+        let t = tempfile::tempdir().unwrap();
+        let d = |n: &str| t.path().join(n).display().to_string();
+        let mut spec = crate::runtime::balancers::placeholder("jobs");
+        spec.mode = "queue".into();
+        spec.queue = Some(QueueSpec {
+            incoming_dir: d("incoming"),
+            workers_dir: d("workers"),
+            errors_dir: d("errors"),
+            log_dir: d("logs"),
+            poll_interval: "1h".into(),
+            command: vec!["true".into()],
+            timeout: "30s".into(),
+        });
+        let q = spec.queue.clone().unwrap();
+        let errors = Path::new(&q.errors_dir);
+        let logs = Path::new(&q.log_dir);
+        std::fs::create_dir_all(errors).unwrap();
+        // w-0 processed a.json and logged it; w-1 failed b.json, filed it, did not log it;
+        // w-2 processed c.json and did not log it.
+        for (w, o) in [
+            ("w-0", outcome("r1", "w-0", "a.json", true)),
+            ("w-1", outcome("r2", "w-1", "b.json", false)),
+            ("w-2", outcome("r3", "w-2", "c.json", true)),
+        ] {
+            let wdir = worker_dir(&q, w);
+            std::fs::create_dir_all(wdir.join("processed")).unwrap();
+            std::fs::create_dir_all(exec::meta_dir(&wdir)).unwrap();
+            crate::atomic::write_json(&exec::result_path(&wdir, &o.item), &o).unwrap();
+            if o.ok {
+                std::fs::write(wdir.join("processed").join(&o.item), "x").unwrap();
+            }
+        }
+        std::fs::write(errors.join("b.json"), "b").unwrap();
+        std::fs::write(errors.join("b.json.reason.json"), "as it was").unwrap();
+        worklog::append(logs, &record("r0", "w-0", "z.json")).unwrap();
+        worklog::append(logs, &record("r1", "w-0", "a.json")).unwrap();
+
+        let sd = StateDir::new(&t.path().join("sd"));
+        let mut disp = Dispatcher::new(spec, sd, "localdr".into());
+        disp.recover().unwrap();
+
+        let runs = |w: &str| -> Vec<(String, String)> {
+            worklog::read(&worklog::path(logs, w))
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.run, r.status))
+                .collect()
+        };
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            runs("w-0"),
+            [pair("r0", "processed"), pair("r1", "processed")]
+        );
+        assert_eq!(runs("w-1"), [pair("r2", "failed")]);
+        assert_eq!(runs("w-2"), [pair("r3", "processed")]);
+        for (w, item) in [("w-0", "a.json"), ("w-1", "b.json"), ("w-2", "c.json")] {
+            let wdir = worker_dir(&q, w);
+            assert!(!exec::result_path(&wdir, item).exists(), "{w} {item}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(errors.join("b.json.reason.json")).unwrap(),
+            "as it was"
+        );
+        assert!(errors.join("b.json").exists());
+        assert_eq!(disp.counts["w-1"].failed, 1);
+        assert_eq!(disp.counts["w-2"].processed, 1);
+        assert!(
+            !disp.counts.contains_key("w-0"),
+            "already counted from the log"
+        );
+    }
 }

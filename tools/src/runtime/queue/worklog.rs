@@ -56,17 +56,36 @@ pub fn append(log_dir: &Path, rec: &Record) -> Result<bool> {
     if last(&p).is_some_and(|l| l.run == rec.run) {
         return Ok(false);
     }
-    let mut line = serde_json::to_vec(rec)?;
-    line.push(b'\n');
     let mut f = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(&p)
         .with_context(|| format!("could not open {}", p.display()))?;
+    // A crash mid-append leaves a line cut short: end it, so this record is not glued to
+    // it (and lost with it).
+    let mut line = Vec::new();
+    if !ends_with_newline(&mut f).with_context(|| format!("could not read {}", p.display()))? {
+        line.push(b'\n');
+    }
+    serde_json::to_writer(&mut line, rec)?;
+    line.push(b'\n');
     f.write_all(&line)
         .and_then(|_| f.sync_data())
         .with_context(|| format!("could not write {}", p.display()))?;
     Ok(true)
+}
+
+/// True for an empty file too: there is no line to end.
+fn ends_with_newline(f: &mut std::fs::File) -> std::io::Result<bool> {
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(true);
+    }
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(len - 1))?;
+    f.read_exact(&mut b)?;
+    Ok(b[0] == b'\n')
 }
 
 /// Outcomes of one worker, counted over its whole log.
@@ -199,5 +218,20 @@ mod tests {
             }
         );
         assert_eq!(t["w-1"].delivered, 1);
+    }
+
+    #[test]
+    fn an_append_after_a_torn_line_starts_a_line_of_its_own() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(append(d.path(), &rec("1")).unwrap());
+        let p = path(d.path(), "w-0");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"ts\":\"t\",\"run\":\"2\",\"it").unwrap();
+        // The torn record is no record: run 2 is logged again, whole.
+        assert!(append(d.path(), &rec("2")).unwrap());
+        assert_eq!(last(&p).unwrap().run, "2");
+        assert!(!append(d.path(), &rec("2")).unwrap());
+        let t = tally(d.path()).unwrap();
+        assert_eq!(t["w-0"].processed, 2);
     }
 }
