@@ -236,7 +236,7 @@ fn hot_reload_of_weights_under_traffic_drops_nothing() {
                 listen: h.lb.config().listen.clone(),
                 ..s
             },
-            None,
+            Default::default(),
         );
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -176,6 +176,139 @@ fn balancer_in_front_of_a_pool(v: TfVersion) {
 
 localdr_e2e::both_terraforms!(balancer_in_front_of_a_pool);
 
+fn failover_config(sd: &Path, base: u16, standby: u16, listen: u16, web_replicas: u32) -> String {
+    format!(
+        r#"
+{head}resource "localdr_service" "web" {{
+  name      = "web"
+  command   = ["{w}", "--port", "{{port}}"]
+  replicas  = {web_replicas}
+  base_port = {base}
+}}
+resource "localdr_service" "standby" {{
+  name      = "standby"
+  command   = ["{w}", "--port", "{{port}}"]
+  replicas  = 1
+  base_port = {standby}
+}}
+resource "localdr_balancer" "lb" {{
+  name           = "lb"
+  listen         = "127.0.0.1:{listen}"
+  service        = localdr_service.web.name
+  backup_service = localdr_service.standby.name
+  drain_timeout  = "5s"
+}}
+output "url" {{
+  value = localdr_balancer.lb.url
+}}
+output "admin_url" {{
+  value = localdr_balancer.lb.admin_url
+}}
+"#,
+        head = localdr_e2e::terraform_head(Some(sd)),
+        w = env!("CARGO_BIN_EXE_localdr-test-worker"),
+    )
+}
+
+/// `backup_service`: a second pool's replicas are backup targets, used only when the
+/// primary pool has none left; `url`, `admin_url` and `drain_timeout` reach the user and
+/// the engine.
+#[test]
+fn backup_service_takes_over_when_the_pool_is_gone() {
+    let base = free_ports(2);
+    let standby = free_port();
+    let listen = free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = tmp.path().join("state");
+    let tf = Tf::new(
+        TfVersion::New,
+        &failover_config(&sd, base, standby, listen, 2),
+    );
+    let _cleanup = Cleanup(sd.clone());
+    tf.init();
+    tf.apply();
+    tf.assert_empty_plan("after creating the balancer");
+    assert_eq!(tf.output("url"), format!("http://127.0.0.1:{listen}"));
+    let admin_url = tf.output("admin_url");
+    let admin = admin_url
+        .strip_prefix("http://127.0.0.1:")
+        .unwrap_or_else(|| panic!("admin_url {admin_url}"));
+    let admin: u16 = admin.parse().unwrap();
+    assert!(TcpStream::connect(("127.0.0.1", admin)).is_ok());
+    let j = spec_json(&sd, "lb");
+    assert_eq!(j["backup_service"], "standby", "{j}");
+    assert_eq!(j["drain_timeout"], "5s");
+
+    // The primaries take every request while they run.
+    let seen: std::collections::HashSet<u16> =
+        (0..30).map(|_| port_of(&get(listen).unwrap())).collect();
+    assert_eq!(seen, [base, base + 1].into_iter().collect(), "{seen:?}");
+
+    // The pool scaled to zero: once the balancer has followed (it reads the pools' status
+    // every 250 ms), its only target is the standby and every request goes there.
+    std::fs::write(
+        tf.path().join("main.tf"),
+        failover_config(&sd, base, standby, listen, 0),
+    )
+    .unwrap();
+    tf.apply();
+    let targets = || -> Vec<(String, bool)> {
+        let mut s = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+        write!(
+            s,
+            "GET /targets HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let j: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        j.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| {
+                        (
+                            t["address"].as_str().unwrap_or_default().to_string(),
+                            t["backup"].as_bool().unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let start = std::time::Instant::now();
+    while targets() != [(format!("127.0.0.1:{standby}"), true)] {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the balancer never followed: {:?}",
+            targets()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..20 {
+        let body = get(listen).expect("a request failed after the failover");
+        assert_eq!(port_of(&body), standby);
+    }
+    tf.assert_empty_plan("after scaling the pool to zero");
+
+    // The pool back: the primaries take over again.
+    std::fs::write(
+        tf.path().join("main.tf"),
+        failover_config(&sd, base, standby, listen, 2),
+    )
+    .unwrap();
+    tf.apply();
+    let start = std::time::Instant::now();
+    while get(listen).is_none_or(|b| port_of(&b) == standby) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the primaries never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+}
+
 #[test]
 fn bad_balancer_input_is_a_plan_diagnostic() {
     let tmp = tempfile::tempdir().unwrap();
@@ -267,7 +400,8 @@ fn tuned(weights: (u32, u32)) -> String {
   slow_start = "2s"
   healthchecks {{
     active {{
-      http_path = "/health"
+      http_path   = "/health"
+      concurrency = 3
       healthy {{
         interval = "1s"
       }}
@@ -314,6 +448,7 @@ fn tuning_blocks_and_hot_reload_under_load() {
     let j = spec_json(&sd, "lb");
     let hc = &j["healthchecks"];
     assert_eq!(hc["active"]["http_path"], "/health", "{j}");
+    assert_eq!(hc["active"]["concurrency"], 3);
     assert_eq!(hc["active"]["healthy"]["interval"], "1s");
     assert_eq!(hc["active"]["healthy"]["successes"], 2, "default kept");
     assert_eq!(hc["active"]["unhealthy"]["interval"], "500ms");
@@ -534,7 +669,8 @@ fn bad_tuning_and_queue_input_is_a_plan_diagnostic() {
   }}
   healthchecks {{
     active {{
-      type = "udp"
+      type        = "udp"
+      concurrency = 0
       healthy {{
         http_statuses = [200, 700]
       }}
@@ -554,11 +690,17 @@ fn bad_tuning_and_queue_input_is_a_plan_diagnostic() {
   }}
 }}
 resource "localdr_balancer" "b" {{
-  name   = "b"
-  mode   = "queue"
+  name           = "b"
+  mode           = "queue"
+  backup_service = "standby"
   target {{
     address = "127.0.0.1:1"
   }}
+}}
+resource "localdr_balancer" "d" {{
+  name           = "d"
+  service        = "web"
+  backup_service = "web"
 }}
 resource "localdr_balancer" "c" {{
   name   = "c"
@@ -582,6 +724,7 @@ resource "localdr_balancer" "c" {{
     for want in [
         "type must be \"http\" or \"tcp\"; got \"udp\"",
         "700 is not an HTTP status",
+        "concurrency is how many targets are probed at once: 1 to 1000 (default 10); got 0",
         "must be between 0 and 100; got 150",
         "must be between 0 and 100; got 101",
         "correlation_id.header_name \"bad header\" is not an HTTP header name",
@@ -589,6 +732,8 @@ resource "localdr_balancer" "c" {{
         "Invalid slow_start",
         "timeouts.client must be more than 0",
         "mode = \"queue\" needs a queue block",
+        "backup_service is for mode = \"http\" (a failover pool)",
+        "backup_service \"web\" is also `service`",
         "incoming_dir must be an absolute path",
         "with localdr_balancer.c, on main.tf",
     ] {

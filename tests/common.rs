@@ -595,6 +595,7 @@ pub fn balancer_spec(name: &str, targets: &[(u16, u32)]) -> localdr::spec::Balan
         name: name.into(),
         listen: format!("127.0.0.1:{}", free_port()),
         service: None,
+        backup_service: None,
         targets: targets
             .iter()
             .map(|(p, w)| Target {
@@ -619,5 +620,6 @@ pub fn balancer_spec(name: &str, targets: &[(u16, u32)]) -> localdr::spec::Balan
         slow_start: "0s".into(),
         access_log: false,
         correlation_id: Default::default(),
+        drain_timeout: "30s".into(),
     }
 }

@@ -84,6 +84,7 @@ fn queue_spec(
         name: "jobs".into(),
         listen: String::new(),
         service: service.map(str::to_string),
+        backup_service: None,
         targets: targets
             .iter()
             .map(|p| Target {
@@ -112,6 +113,7 @@ fn queue_spec(
         slow_start: "0s".into(),
         access_log: true,
         correlation_id: Default::default(),
+        drain_timeout: "30s".into(),
     }
 }
 

@@ -18,6 +18,14 @@ resource "localdr_service" "web" {
   base_port = 8081
 }
 
+# A standby pool on 127.0.0.1:8085, used only when no replica of `web` is available.
+resource "localdr_service" "standby" {
+  name      = "standby"
+  command   = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+  replicas  = 1
+  base_port = 8085
+}
+
 # An HTTP load balancer on 127.0.0.1:8080 in front of the pool, following it as it
 # scales. Every block below is optional; the values shown are the defaults (seed 001's
 # Kong set-up) except where a comment says otherwise.
@@ -28,11 +36,15 @@ resource "localdr_balancer" "web" {
   algorithm = "least-connections" # default round-robin (weights honoured)
   retries   = 5                   # idempotent requests, or nothing sent; ≤ ~20% of traffic
 
+  backup_service = localdr_service.standby.name # default none
+  drain_timeout  = "30s"                        # how long a drain waits for requests in flight
+
   healthchecks {
     active {
-      type      = "http"
-      http_path = "/" # GET / every 10 s while healthy, every 10 s while not
-      timeout   = "1s"
+      type        = "http"
+      http_path   = "/" # GET / every 10 s while healthy, every 10 s while not
+      timeout     = "1s"
+      concurrency = 10 # probes open at once
       healthy {
         interval      = "10s"
         successes     = 2
@@ -58,10 +70,11 @@ resource "localdr_balancer" "web" {
     }
   }
 
-  # Envoy-style outlier ejection: out for base × (number of ejections), capped at 10×;
-  # never more than half of the targets at once.
+  # Envoy-style outlier ejection: out for base × (number of ejections), capped at
+  # max_ejection_time; never more than half of the targets at once.
   circuit_breaker {
     base_ejection_time   = "30s"
+    max_ejection_time    = "300s"
     max_ejection_percent = 50
   }
 
@@ -99,7 +112,11 @@ resource "localdr_balancer" "api" {
   }
 }
 
+output "web_url" {
+  value = localdr_balancer.web.url # http://127.0.0.1:8080
+}
+
 output "web_admin" {
   # GET /status, /targets, /health, /metrics; POST /targets/<addr>/drain
-  value = localdr_balancer.web.admin_address
+  value = localdr_balancer.web.admin_url
 }

@@ -483,6 +483,9 @@ pub struct BalancerSpec {
     /// Used only when every primary target is down.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backup_targets: Vec<Target>,
+    /// A service whose replicas are backup targets (weight 1 each), followed as it scales.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_service: Option<String>,
     /// `round-robin` (weighted), `least-connections`, `random-two-choices`.
     pub algorithm: String,
     pub healthchecks: Healthchecks,
@@ -509,6 +512,14 @@ pub struct BalancerSpec {
     /// Kong's correlation-id plugin: the request id header and whether answers carry it.
     #[serde(default)]
     pub correlation_id: CorrelationId,
+    /// How long draining waits for requests in flight: a target drained through the admin
+    /// API, and the balancer's connections when it stops.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: String,
+}
+
+fn default_drain_timeout() -> String {
+    "30s".into()
 }
 
 fn default_true() -> bool {
@@ -564,8 +575,17 @@ pub struct ActiveCheck {
     pub kind: String,
     pub http_path: String,
     pub timeout: String,
+    /// Kong's `concurrency`: at most this many probes at once, so a big pool (or many
+    /// targets going bad at once, each probed until its timeout) does not turn the checks
+    /// into a burst of connections. Specs written before it existed read as the default.
+    #[serde(default = "default_check_concurrency")]
+    pub concurrency: u32,
     pub healthy: Thresholds,
     pub unhealthy: Thresholds,
+}
+
+fn default_check_concurrency() -> u32 {
+    10
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -643,6 +663,7 @@ impl Default for ActiveCheck {
             kind: "http".into(),
             http_path: "/".into(),
             timeout: "1s".into(),
+            concurrency: default_check_concurrency(),
             healthy: Thresholds {
                 interval: "10s".into(),
                 successes: 2,

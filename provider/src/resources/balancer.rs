@@ -52,6 +52,7 @@ pub struct BalancerState {
     pub listen: S,
     pub admin_listen: S,
     pub service: S,
+    pub backup_service: S,
     pub target: Value<Vec<Value<TargetBlock>>>,
     pub backup_target: Value<Vec<Value<TargetBlock>>>,
     pub algorithm: S,
@@ -73,6 +74,31 @@ pub struct BalancerState {
     pub correlation_id: Value<blocks::CorrelationBlock>,
     pub ensure_running: B,
     pub admin_address: S,
+    pub url: S,
+    pub admin_url: S,
+    pub drain_timeout: S,
+}
+
+/// `admin_address` and the `admin_url` made from it (unknown while it is).
+fn set_admin(s: &mut BalancerState, addr: S) {
+    s.admin_url = match &addr {
+        Value::Value(a) if !a.is_empty() => v(format!("http://{a}")),
+        Value::Value(_) => v(String::new()),
+        other => other.clone(),
+    };
+    s.admin_address = addr;
+}
+
+/// `http://<listen>` in http mode; a queue has no URL.
+fn url_of(s: &BalancerState) -> S {
+    match (&s.mode, &s.listen) {
+        (Value::Value(m), _) if m == "queue" => Value::Null,
+        (_, Value::Value(l)) => v(format!("http://{l}")),
+        (_, l) => match l {
+            Value::Unknown => Value::Unknown,
+            _ => Value::Null,
+        },
+    }
 }
 
 pub struct BalancerResource {
@@ -106,6 +132,8 @@ fn apply_defaults(s: &mut BalancerState, state_dir: &std::path::Path) {
     fill(&mut s.algorithm, "round-robin".into());
     fill(&mut s.retries, 5);
     fill(&mut s.ensure_running, true);
+    fill(&mut s.drain_timeout, "30s".into());
+    s.url = url_of(s);
     for list in [&mut s.target, &mut s.backup_target] {
         if let Value::Value(l) = list {
             for t in l.iter_mut() {
@@ -144,6 +172,7 @@ fn to_spec(s: &BalancerState) -> Result<BalancerSpec, String> {
         name: k(&s.name, "name")?,
         listen: k(&s.listen, "listen")?,
         service: known(&s.service),
+        backup_service: known(&s.backup_service),
         targets: targets(&s.target)?,
         backup_targets: targets(&s.backup_target)?,
         algorithm: k(&s.algorithm, "algorithm")?,
@@ -167,6 +196,7 @@ fn to_spec(s: &BalancerState) -> Result<BalancerSpec, String> {
         queue: blocks::queue(&s.queue)?,
         slow_start: known(&s.slow_start).unwrap_or_else(|| "0s".into()),
         access_log: known(&s.access_log).unwrap_or(true),
+        drain_timeout: known(&s.drain_timeout).unwrap_or_else(|| "30s".into()),
     })
 }
 
@@ -190,6 +220,7 @@ fn from_spec(state: &mut BalancerState, sp: &BalancerSpec) {
     state.listen = v(sp.listen.clone());
     state.admin_listen = v(sp.admin_listen.clone());
     state.service = sp.service.clone().into();
+    state.backup_service = sp.backup_service.clone().into();
     state.target = tl(&sp.targets, &state.target);
     state.backup_target = tl(&sp.backup_targets, &state.backup_target);
     state.algorithm = v(sp.algorithm.clone());
@@ -205,6 +236,8 @@ fn from_spec(state: &mut BalancerState, sp: &BalancerSpec) {
     state.mode = v(sp.mode.clone());
     state.slow_start = v(sp.slow_start.clone());
     state.access_log = v(sp.access_log);
+    state.drain_timeout = v(sp.drain_timeout.clone());
+    state.url = url_of(state);
     blocks::from_spec(
         &mut state.healthchecks,
         &mut state.circuit_breaker,
@@ -267,6 +300,15 @@ fn check_config(diags: &mut Diagnostics, c: &BalancerState) {
         &c.queue,
     );
     blocks::check_correlation(diags, &c.correlation_id);
+    if let Value::Value(d) = &c.drain_timeout {
+        if let Err(e) = localdr::duration::parse(d) {
+            diags.error(
+                "Invalid drain_timeout",
+                format!("{e:#}. Use a duration such as 30s or 2m."),
+                AttributePath::new("drain_timeout"),
+            );
+        }
+    }
     if let Value::Value(d) = &c.slow_start {
         if let Err(e) = localdr::duration::parse(d) {
             diags.error(
@@ -306,6 +348,32 @@ fn check_config(diags: &mut Diagnostics, c: &BalancerState) {
     }
     let no_targets =
         matches!(&c.target, Value::Null) || matches!(&c.target, Value::Value(l) if l.is_empty());
+    for (k, set) in [
+        ("backup_service", !c.backup_service.is_null()),
+        (
+            "backup_target",
+            matches!(&c.backup_target, Value::Value(l) if !l.is_empty()),
+        ),
+    ] {
+        if queue_mode && set {
+            diags.error(
+                format!("{k} in queue mode"),
+                format!("{k} is for mode = \"http\" (a failover pool); a queue hands items only to its own workers. Remove it, or use mode = \"http\"."),
+                AttributePath::new(k),
+            );
+        }
+    }
+    if let (Value::Value(a), Value::Value(b)) = (&c.service, &c.backup_service) {
+        if a == b {
+            diags.error(
+                "backup_service is the service",
+                format!(
+                    "backup_service {b:?} is also `service`: a backup pool must be other workers."
+                ),
+                AttributePath::new("backup_service"),
+            );
+        }
+    }
     if no_targets && c.service.is_null() {
         diags.error(
             "No targets",
@@ -418,13 +486,13 @@ impl BalancerResource {
         .await;
         match r {
             Ok(st) => {
-                state.admin_address = v(st.admin.unwrap_or_default());
+                set_admin(&mut state, v(st.admin.unwrap_or_default()));
                 state.ensure_running = v(true);
                 Some(state)
             }
             Err(e) => {
                 diags.root_error(format!("Balancer {name} is not running"), e);
-                state.admin_address = v(String::new());
+                set_admin(&mut state, v(String::new()));
                 state.ensure_running = v(false);
                 Some(state)
             }
@@ -475,10 +543,14 @@ impl Resource for BalancerResource {
                     "listen" => string(OptionalComputed, "ip:port to accept requests on. Default `127.0.0.1:8080`."),
                     "admin_listen" => string(OptionalComputed, "ip:port of the admin API (`/status`, `/targets`, `/health`, `/metrics`). Default `127.0.0.1:0` (any free loopback port; see `admin_address`)."),
                     "service" => string(Optional, "A localdr_service name: its running replicas are targets (weight 1), followed as it scales."),
+                    "backup_service" => string(Optional, "A localdr_service name whose running replicas are backup targets (weight 1): used only when no primary is available. HTTP mode."),
                     "algorithm" => string(OptionalComputed, "`round-robin` (weights honoured; default), `least-connections` or `random-two-choices`."),
                     "retries" => number(OptionalComputed, "Attempts on other targets after a failure (idempotent requests, or when nothing was sent). Default 5."),
                     "ensure_running" => boolean(OptionalComputed, "Read sets this to false when the balancer is not listening; apply then repairs. Default true."),
                     "admin_address" => string(Computed, "Where the admin API listens."),
+                    "admin_url" => string(Computed, "`http://<admin_address>`: the admin API's base URL."),
+                    "url" => string(Computed, "`http://<listen>`: where clients send requests (null in queue mode)."),
+                    "drain_timeout" => string(OptionalComputed, "How long a drain (`POST /targets/<addr>/drain`, a target leaving, a stop or a reload that closes the listener) waits for requests in flight to finish. Default 30s."),
                     "mode" => string(OptionalComputed, "`http` (default): a load balancer; `queue`: a file-queue dispatcher (see the queue block). Changing it forces a new resource."),
                     "access_log" => boolean(OptionalComputed, "JSON-lines access log (request id, target, status, latency, retries) in <state_dir>/logs/<name>-access.log. Default true."),
                     "slow_start" => string(OptionalComputed, "A re-admitted target's weight ramps from 10% to full over this long. Default 0s (off).")
@@ -550,7 +622,7 @@ impl Resource for BalancerResource {
                 _ => None,
             }
         };
-        state.admin_address = v(st.and_then(|s| s.admin).unwrap_or_default());
+        set_admin(&mut state, v(st.and_then(|s| s.admin).unwrap_or_default()));
         match why {
             None => state.ensure_running = v(true),
             Some(w) => {
@@ -577,7 +649,7 @@ impl Resource for BalancerResource {
         apply_defaults(&mut planned, self.shared.state_dir().root());
         self.check_port(diags, &planned);
         planned.id = planned.name.clone();
-        planned.admin_address = Value::Unknown;
+        set_admin(&mut planned, Value::Unknown);
         Some((planned, ValueEmpty::default()))
     }
 
@@ -609,14 +681,15 @@ impl Resource for BalancerResource {
         }
         planned.id = planned.name.clone();
         let mut a = planned.clone();
-        a.admin_address = Value::Null;
+        set_admin(&mut a, Value::Null);
         let mut b = prior_state.clone();
-        b.admin_address = Value::Null;
-        planned.admin_address = if a != b {
+        set_admin(&mut b, Value::Null);
+        let admin = if a != b {
             Value::Unknown
         } else {
             prior_state.admin_address.clone()
         };
+        set_admin(&mut planned, admin);
         Some((planned, prior_private_state, replace))
     }
 

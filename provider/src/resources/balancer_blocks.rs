@@ -48,6 +48,7 @@ pub struct ActiveBlock {
     pub kind: S,
     pub http_path: S,
     pub timeout: S,
+    pub concurrency: N,
     #[serde(with = "value::serde_as_vec")]
     pub healthy: Value<HealthyBlock>,
     #[serde(with = "value::serde_as_vec")]
@@ -162,6 +163,7 @@ pub fn defaults(
             fill(&mut a.kind, da.kind.clone());
             fill(&mut a.http_path, da.http_path.clone());
             fill(&mut a.timeout, da.timeout.clone());
+            fill(&mut a.concurrency, da.concurrency as i64);
             within(&mut a.healthy, |x| {
                 fill(&mut x.interval, da.healthy.interval.clone());
                 fill(&mut x.successes, da.healthy.successes as i64);
@@ -232,6 +234,7 @@ pub fn healthchecks(
             o.kind = text(&a.kind, &o.kind);
             o.http_path = text(&a.http_path, &o.http_path);
             o.timeout = text(&a.timeout, &o.timeout);
+            o.concurrency = count(&a.concurrency, o.concurrency);
             if let Value::Value(x) = &a.healthy {
                 let t = &mut o.healthy;
                 t.interval = text(&x.interval, &t.interval);
@@ -337,6 +340,7 @@ fn active_from(prior: &Value<ActiveBlock>, a: &ActiveCheck) -> Value<ActiveBlock
         kind: v(a.kind.clone()),
         http_path: v(a.http_path.clone()),
         timeout: v(a.timeout.clone()),
+        concurrency: v(a.concurrency as i64),
         healthy: keep(
             p.as_ref().is_some_and(|p| !p.healthy.is_null()),
             a.healthy == d.healthy,
@@ -511,6 +515,17 @@ pub fn check(
                 }
             }
             check_duration(diags, &a.timeout, at.clone().attribute("timeout"));
+            if let Value::Value(n) = &a.concurrency {
+                if !(1..=1000).contains(n) {
+                    diags.error(
+                        "Invalid concurrency",
+                        format!(
+                            "concurrency is how many targets are probed at once: 1 to 1000 (default 10); got {n}."
+                        ),
+                        at.clone().attribute("concurrency"),
+                    );
+                }
+            }
             if let Value::Value(x) = &a.healthy {
                 let at = at.clone().attribute("healthy").index(0);
                 check_duration(diags, &x.interval, at.clone().attribute("interval"));
@@ -693,7 +708,8 @@ pub fn schemas() -> Vec<(&'static str, NestedBlock)> {
         attributes: map! {
             "type" => string(OptionalComputed, "`http` (default) or `tcp` (connect only)."),
             "http_path" => string(OptionalComputed, "Path probed. Default `/`."),
-            "timeout" => string(OptionalComputed, "Probe timeout. Default 1s.")
+            "timeout" => string(OptionalComputed, "Probe timeout. Default 1s."),
+            "concurrency" => number(OptionalComputed, "At most this many probes at once (Kong's `concurrency`), 1 to 1000. Default 10.")
         },
         blocks: map! {
             "healthy" => NestedBlock::Optional(thresholds_schema(true, true)),

@@ -47,10 +47,7 @@ impl Runner {
     fn reload(&self, spec: BalancerSpec, sd: &StateDir) {
         match self {
             Runner::Http(h) => {
-                let followed = spec
-                    .service
-                    .as_ref()
-                    .map(|svc| balancer::service_addresses(sd, svc));
+                let followed = balancer::followed(sd, &spec);
                 h.lb.reload(spec, followed)
             }
             Runner::Queue(q) => q.reload(spec),
@@ -222,6 +219,7 @@ pub(crate) fn placeholder(name: &str) -> BalancerSpec {
         name: name.to_string(),
         listen: String::new(),
         service: None,
+        backup_service: None,
         targets: vec![],
         backup_targets: vec![],
         algorithm: "round-robin".into(),
@@ -235,6 +233,7 @@ pub(crate) fn placeholder(name: &str) -> BalancerSpec {
         slow_start: "0s".into(),
         access_log: true,
         correlation_id: Default::default(),
+        drain_timeout: "30s".into(),
     }
 }
 

@@ -163,8 +163,8 @@ async fn route(
                     t.draining.store(true, Ordering::Relaxed);
                     // In-flight requests finish; wait (bounded) so the caller knows when.
                     let start = Instant::now();
-                    while t.in_flight.load(Ordering::Relaxed) > 0 && start.elapsed().as_secs() < 30
-                    {
+                    let limit = lb.drain_timeout();
+                    while t.in_flight.load(Ordering::Relaxed) > 0 && start.elapsed() < limit {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }
                     reply(StatusCode::OK, "application/json", serde_json::json!({"drained": addr, "in_flight": t.in_flight.load(Ordering::Relaxed)}).to_string())

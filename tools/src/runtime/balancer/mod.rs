@@ -74,6 +74,8 @@ pub struct Balancer {
     connect_ms: AtomicU64,
     read_ms: AtomicU64,
     client_ms: AtomicU64,
+    /// `drain_timeout`.
+    drain_ms: AtomicU64,
     access: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
     /// `correlation_id`, parsed once per reload.
     correlation: ArcSwap<Correlation>,
@@ -122,10 +124,11 @@ impl Balancer {
             connect_ms: AtomicU64::new(dur(&spec.timeouts.connect).as_millis() as u64),
             read_ms: AtomicU64::new(dur(&spec.timeouts.read).as_millis() as u64),
             client_ms: AtomicU64::new(client_ms(&spec)),
+            drain_ms: AtomicU64::new(drain_ms(&spec)),
             access: Mutex::new(access_log.map(std::io::BufWriter::new)),
             correlation: ArcSwap::from_pointee(Correlation::of(&spec)),
         });
-        lb.set_targets(&spec, None);
+        lb.set_targets(&spec, Followed::default());
         lb
     }
 
@@ -143,9 +146,9 @@ impl Balancer {
     }
 
     /// Swap in a new configuration; targets keep their state when their address stays.
-    /// `service_targets`: the followed service's running replicas, read by the caller (the
-    /// agent reads them afresh on every reload); `None` when the spec follows no service.
-    pub fn reload(&self, spec: BalancerSpec, service_targets: Option<Vec<String>>) {
+    /// `followed`: the followed services' running replicas, read by the caller (the agent
+    /// reads them afresh on every reload; see [`followed`]).
+    pub fn reload(&self, spec: BalancerSpec, followed: Followed) {
         let old = self.config();
         if old.algorithm != spec.algorithm {
             self.picker.store(Arc::new(Picker::new(&spec.algorithm)));
@@ -157,7 +160,7 @@ impl Balancer {
                     .map(|r| RateLimiter::new(r.requests_per_minute, r.burst)),
             ));
         }
-        self.set_targets(&spec, service_targets);
+        self.set_targets(&spec, followed);
         if old.correlation_id != spec.correlation_id {
             self.correlation.store(Arc::new(Correlation::of(&spec)));
         }
@@ -173,11 +176,12 @@ impl Balancer {
             Ordering::Relaxed,
         );
         self.client_ms.store(client_ms(&spec), Ordering::Relaxed);
+        self.drain_ms.store(drain_ms(&spec), Ordering::Relaxed);
         self.cfg.store(Arc::new(spec));
     }
 
-    /// Rebuild the target list from the spec (and the followed service's replicas).
-    pub fn set_targets(&self, spec: &BalancerSpec, service_targets: Option<Vec<String>>) {
+    /// Rebuild the target list from the spec (and the followed services' replicas).
+    pub fn set_targets(&self, spec: &BalancerSpec, followed: Followed) {
         let old = self.targets();
         let find = |addr: &str, w: u32, backup: bool| -> Arc<TargetState> {
             match old
@@ -205,13 +209,19 @@ impl Balancer {
         for t in &spec.targets {
             list.push(find(&t.address, t.weight, false));
         }
-        for a in service_targets.unwrap_or_default() {
+        for a in followed.primary {
             if !list.iter().any(|t| t.address == a) {
                 list.push(find(&a, 1, false));
             }
         }
         for t in &spec.backup_targets {
             list.push(find(&t.address, t.weight, true));
+        }
+        // A replica that is a primary too (both services the same) stays a primary.
+        for a in followed.backup {
+            if !list.iter().any(|t| t.address == a) {
+                list.push(find(&a, 1, true));
+            }
         }
         if list
             .iter()
@@ -323,6 +333,11 @@ impl Balancer {
         Duration::from_millis(self.read_ms.load(Ordering::Relaxed))
     }
 
+    /// `drain_timeout`: how long a drain waits for requests in flight.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_ms.load(Ordering::Relaxed))
+    }
+
     /// `timeouts.client`.
     pub fn client_timeout(&self) -> Duration {
         Duration::from_millis(self.client_ms.load(Ordering::Relaxed))
@@ -407,6 +422,14 @@ fn client_ms(spec: &BalancerSpec) -> u64 {
     .as_millis() as u64
 }
 
+/// `drain_timeout` in ms; one that does not parse (only a hand-edited spec can hold one)
+/// counts as the default.
+fn drain_ms(spec: &BalancerSpec) -> u64 {
+    crate::duration::parse(&spec.drain_timeout)
+        .unwrap_or(Duration::from_secs(30))
+        .as_millis() as u64
+}
+
 fn slow_ms(spec: &BalancerSpec) -> u64 {
     crate::duration::parse(&spec.slow_start)
         .unwrap_or_default()
@@ -470,13 +493,9 @@ pub fn start(spec: BalancerSpec, sd: Option<StateDir>) -> Result<Handle> {
         }
         _ => None,
     };
-    let followed = match (&spec.service, &sd) {
-        (Some(svc), Some(sd)) => Some(service_addresses(sd, svc)),
-        _ => None,
-    };
     let lb = Balancer::new(spec.clone(), access);
-    if followed.is_some() {
-        lb.set_targets(&spec, followed);
+    if let Some(sd) = &sd {
+        lb.set_targets(&spec, followed(sd, &spec));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let lb2 = lb.clone();
@@ -534,6 +553,7 @@ async fn serve(
                 let _ = s.set_nodelay(true);
                 // A reload applies to connections accepted after it.
                 let client_timeout = lb.client_timeout();
+                let drain = lb.drain_timeout();
                 let lb = lb.clone();
                 let mut stop = stop.clone();
                 let guard = conns.clone();
@@ -557,7 +577,7 @@ async fn serve(
                         _ = stop.changed() => {
                             // Finish the request in flight, then close.
                             conn.as_mut().graceful_shutdown();
-                            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+                            let _ = tokio::time::timeout(drain, conn).await;
                         }
                     }
                 });
@@ -566,7 +586,8 @@ async fn serve(
     }
     // Wait (bounded) for connections to finish their requests.
     let start = Instant::now();
-    while Arc::strong_count(&conns) > 1 && start.elapsed() < Duration::from_secs(30) {
+    let limit = lb.drain_timeout();
+    while Arc::strong_count(&conns) > 1 && start.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -583,6 +604,9 @@ async fn active_checks(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut next: std::collections::HashMap<String, Instant> = Default::default();
+    // `concurrency` permits; a probe that finds none stays due and goes on a later tick.
+    let mut permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut permits_for = None;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut follow_at = Instant::now();
     loop {
@@ -596,13 +620,20 @@ async fn active_checks(
             t.idle.sweep(upstream::IDLE_LIMIT);
         }
         let cfg = lb.config();
-        if let (Some(svc), Some(sd)) = (&cfg.service, &sd) {
-            if now >= follow_at {
+        if let Some(sd) = &sd {
+            if now >= follow_at && (cfg.service.is_some() || cfg.backup_service.is_some()) {
                 follow_at = now + Duration::from_millis(250);
-                lb.set_targets(&cfg, Some(service_addresses(sd, svc)));
+                lb.set_targets(&cfg, followed(sd, &cfg));
             }
         }
         let active = &cfg.healthchecks.active;
+        if permits_for != Some(active.concurrency) {
+            // Probes holding the old semaphore's permits finish on their own.
+            permits = Arc::new(tokio::sync::Semaphore::new(
+                active.concurrency.max(1) as usize
+            ));
+            permits_for = Some(active.concurrency);
+        }
         for t in lb.targets().iter() {
             let healthy = t.is_healthy() && !t.is_ejected(now);
             let every = dur(if healthy {
@@ -617,10 +648,14 @@ async fn active_checks(
             if now < *due {
                 continue;
             }
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                break;
+            };
             *due = now + every;
             let (t, lb, cfg) = (t.clone(), lb.clone(), cfg.clone());
             tokio::spawn(async move {
                 let o = probe(&t.address, &cfg).await;
+                drop(permit);
                 if let Some(up) = t.record_active(o, &cfg.healthchecks, Instant::now()) {
                     tracing::info!(balancer = %lb.name, target = %t.address, healthy = up, "active health check changed state");
                 }
@@ -629,7 +664,28 @@ async fn active_checks(
     }
 }
 
-/// The followed service's running replicas, from the status the agent publishes.
+/// The running replicas of the services a balancer follows: `service` (primaries) and
+/// `backup_service` (used only when no primary is available).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Followed {
+    pub primary: Vec<String>,
+    pub backup: Vec<String>,
+}
+
+/// Read the followed services' replicas from the status files the agent publishes.
+pub fn followed(sd: &StateDir, spec: &BalancerSpec) -> Followed {
+    let of = |svc: &Option<String>| {
+        svc.as_deref()
+            .map(|s| service_addresses(sd, s))
+            .unwrap_or_default()
+    };
+    Followed {
+        primary: of(&spec.service),
+        backup: of(&spec.backup_service),
+    }
+}
+
+/// A service's running replicas, from the status the agent publishes.
 pub fn service_addresses(sd: &StateDir, svc: &str) -> Vec<String> {
     sd.read_status(svc)
         .ok()
@@ -747,6 +803,51 @@ mod tests {
         );
     }
 
+    /// `healthchecks.active.concurrency`: with five targets that accept a probe and never
+    /// answer, at most that many probes are open at once.
+    #[test]
+    fn active_checks_open_at_most_concurrency_probes() {
+        let open_probes = |concurrency: u32| -> usize {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let accepted = Arc::new(AtomicU64::new(0));
+                let mut spec = crate::runtime::balancers::placeholder("lb");
+                spec.access_log = false;
+                spec.healthchecks.active.timeout = "60s".into();
+                spec.healthchecks.active.concurrency = concurrency;
+                for _ in 0..5 {
+                    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    spec.targets.push(crate::spec::Target {
+                        address: l.local_addr().unwrap().to_string(),
+                        weight: 1,
+                    });
+                    let accepted = accepted.clone();
+                    tokio::spawn(async move {
+                        let mut held = Vec::new();
+                        while let Ok((s, _)) = l.accept().await {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                            held.push(s);
+                        }
+                    });
+                }
+                let lb = Balancer::new(spec, None);
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let checks = tokio::spawn(active_checks(lb, None, stop_rx));
+                // Several 100 ms ticks: every target is due on each of them.
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                let n = accepted.load(Ordering::SeqCst) as usize;
+                stop_tx.send(true).unwrap();
+                checks.await.unwrap();
+                n
+            })
+        };
+        assert_eq!(open_probes(2), 2);
+        assert_eq!(open_probes(10), 5);
+    }
+
     #[test]
     fn timeouts_parsed_once_follow_a_reload() {
         let mut spec = crate::runtime::balancers::placeholder("lb");
@@ -755,7 +856,7 @@ mod tests {
         assert_eq!(lb.read_timeout(), dur(&spec.timeouts.read));
         spec.timeouts.read = "7s".into();
         spec.timeouts.client = "0s".into();
-        lb.reload(spec, None);
+        lb.reload(spec, Followed::default());
         assert_eq!(lb.read_timeout(), Duration::from_secs(7));
         // A zero client timeout would close every connection at once: the default holds.
         assert_eq!(
