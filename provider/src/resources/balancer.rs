@@ -300,22 +300,18 @@ fn check_config(diags: &mut Diagnostics, c: &BalancerState) {
         &c.queue,
     );
     blocks::check_correlation(diags, &c.correlation_id);
-    if let Value::Value(d) = &c.drain_timeout {
-        if let Err(e) = localdr::duration::parse(d) {
-            diags.error(
-                "Invalid drain_timeout",
-                format!("{e:#}. Use a duration such as 30s or 2m."),
-                AttributePath::new("drain_timeout"),
-            );
-        }
-    }
-    if let Value::Value(d) = &c.slow_start {
-        if let Err(e) = localdr::duration::parse(d) {
-            diags.error(
-                "Invalid slow_start",
-                format!("{e:#}. Use a duration such as 0s or 30s."),
-                AttributePath::new("slow_start"),
-            );
+    for (k, x, like) in [
+        ("drain_timeout", &c.drain_timeout, "30s or 2m"),
+        ("slow_start", &c.slow_start, "0s or 30s"),
+    ] {
+        if let Value::Value(d) = x {
+            if let Err(e) = localdr::duration::parse(d) {
+                diags.error(
+                    format!("Invalid {k}"),
+                    format!("{e:#}. Use a duration such as {like}."),
+                    AttributePath::new(k),
+                );
+            }
         }
     }
     for (k, l) in [("target", &c.target), ("backup_target", &c.backup_target)] {

@@ -549,17 +549,7 @@ impl Dispatcher {
                 let run = exec::read_result(&result)
                     .map(|o| o.run)
                     .unwrap_or_else(|| self.next_run_id());
-                let job = exec::Job {
-                    run,
-                    worker: worker.clone(),
-                    item: item.clone(),
-                    item_path: wdir.join(&item),
-                    lock: exec::lock_path(&wdir, &item),
-                    result,
-                    argv: vec![],
-                    env: vec![],
-                    timeout_ms: 0,
-                };
+                let job = left_behind(&wdir, &worker, &item, run);
                 // Lock first, then result: a runner writes its result before it unlocks.
                 if let Some(guard) = exec::lock(&job.lock, false)? {
                     self.finish(&job, guard)?;
@@ -585,17 +575,7 @@ impl Dispatcher {
                         // Never half-written (atomic), so not ours: leave it alone.
                         continue;
                     };
-                    let job = exec::Job {
-                        run: out.run,
-                        worker: worker.clone(),
-                        item: item.to_string(),
-                        item_path: wdir.join(item),
-                        lock: exec::lock_path(&wdir, item),
-                        result: e.path(),
-                        argv: vec![],
-                        env: vec![],
-                        timeout_ms: 0,
-                    };
+                    let job = left_behind(&wdir, &worker, item, out.run);
                     if let Some(guard) = exec::lock(&job.lock, false)? {
                         self.finish(&job, guard)?;
                     }
@@ -634,6 +614,22 @@ impl Dispatcher {
         if let Ok(mut s) = self.status.lock() {
             *s = v;
         }
+    }
+}
+
+/// A run an earlier agent started, as far as its files tell: enough to finish it (the
+/// command itself is not needed again).
+fn left_behind(wdir: &Path, worker: &str, item: &str, run: String) -> exec::Job {
+    exec::Job {
+        run,
+        worker: worker.to_string(),
+        item: item.to_string(),
+        item_path: wdir.join(item),
+        lock: exec::lock_path(wdir, item),
+        result: exec::result_path(wdir, item),
+        argv: vec![],
+        env: vec![],
+        timeout_ms: 0,
     }
 }
 
