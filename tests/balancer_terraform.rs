@@ -197,6 +197,7 @@ resource "localdr_balancer" "lb" {{
   service        = localdr_service.web.name
   backup_service = localdr_service.standby.name
   drain_timeout  = "5s"
+  retries        = 0 # no retry hides a request sent to a replica that is gone
 }}
 output "url" {{
   value = localdr_balancer.lb.url
@@ -244,6 +245,25 @@ fn backup_service_takes_over_when_the_pool_is_gone() {
         (0..30).map(|_| port_of(&get(listen).unwrap())).collect();
     assert_eq!(seen, [base, base + 1].into_iter().collect(), "{seen:?}");
 
+    // Requests all along, through both changes of the pool: none may fail. A replica
+    // scaled away leaves the running set a moment before it is stopped, so the balancer
+    // follows before any request can reach a replica that is gone.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(listen) {
+                    Some(_) => ok += 1,
+                    None => failed.push(ok),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed)
+        })
+    };
+
     // The pool scaled to zero: once the balancer has followed (it reads the pools' status
     // every 250 ms), its only target is the standby and every request goes there.
     std::fs::write(
@@ -290,6 +310,15 @@ fn backup_service_takes_over_when_the_pool_is_gone() {
         assert_eq!(port_of(&body), standby);
     }
     tf.assert_empty_plan("after scaling the pool to zero");
+    // The replicas scaled away are stopped (a moment after they left the running set).
+    let start = std::time::Instant::now();
+    while (base..base + 2).any(|p| TcpStream::connect(("127.0.0.1", p)).is_ok()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the replicas scaled away still run"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The pool back: the primaries take over again.
     std::fs::write(
@@ -306,6 +335,15 @@ fn backup_service_takes_over_when_the_pool_is_gone() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(ok > 50, "too little load to tell: {ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed while the pool scaled (after the nth success: {failed:?})",
+        failed.len(),
+        ok as usize + failed.len()
+    );
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
 }
 

@@ -28,6 +28,12 @@ enum State {
         deadline: Instant,
         killed: bool,
     },
+    /// Scaled away, not signalled yet: it already shows as `stopping`, so a balancer that
+    /// follows the pool stops sending it requests before it goes (a load balancer's
+    /// deregistration delay). Signalled at `signal_at`.
+    Retiring {
+        signal_at: Instant,
+    },
     /// Ended and the policy does not restart it (`never`, `on-failure` after exit 0).
     Exited,
     /// Gave up: more than `max_restarts` restarts within `window`.
@@ -77,6 +83,16 @@ pub struct Pool {
     removing: bool,
     published: Option<ServiceStatus>,
     last_count: Option<(u32, u32)>,
+}
+
+/// How long a replica scaled away keeps running after it leaves the running set: longer
+/// than a following balancer takes to notice (it reads the status every 250 ms; the status
+/// is published every 100 ms).
+pub const RETIRE_DELAY: Duration = Duration::from_secs(1);
+
+/// On its way out: signalled, or about to be.
+fn leaving(s: &State) -> bool {
+    matches!(s, State::Stopping { .. } | State::Retiring { .. })
 }
 
 fn stamp(t: DateTime<Utc>) -> String {
@@ -146,7 +162,7 @@ impl Pool {
             if new_generation && matches!(r.state, State::Failed | State::Exited) {
                 r.state = State::Backoff(now);
             }
-            if process_changed && r.child.is_some() && !matches!(r.state, State::Stopping { .. }) {
+            if process_changed && r.child.is_some() && !leaving(&r.state) {
                 stop(&self.spec, r, After::Replace);
             }
         }
@@ -279,11 +295,19 @@ impl Pool {
                         },
                     );
                 }
+                // Wanted again before its signal: it simply stays, as healthy as it was.
+                Some(r) if matches!(r.state, State::Retiring { .. }) => {
+                    r.after = None;
+                    r.state = if r.tracker.state == Health::Healthy {
+                        State::Running
+                    } else {
+                        State::Starting
+                    };
+                }
                 Some(r) if r.after == Some(After::Retire) => r.after = Some(After::Replace),
                 Some(_) => {}
             }
         }
-        let spec = &self.spec;
         self.replicas.retain(|&i, r| {
             if i < self.desired {
                 return true;
@@ -291,8 +315,14 @@ impl Pool {
             if r.child.is_none() {
                 return false;
             }
-            if !matches!(r.state, State::Stopping { .. }) {
-                stop(spec, r, After::Retire);
+            if !leaving(&r.state) {
+                r.after = Some(After::Retire);
+                r.state = State::Retiring {
+                    signal_at: now + RETIRE_DELAY,
+                };
+                if let Some(p) = r.probe.take() {
+                    p.abort();
+                }
             }
             true
         });
@@ -302,7 +332,7 @@ impl Pool {
         let running = self
             .replicas
             .values()
-            .filter(|r| r.child.is_some() && !matches!(r.state, State::Stopping { .. }))
+            .filter(|r| r.child.is_some() && !leaving(&r.state))
             .count() as u32;
         let key = (running, self.baseline);
         if self.last_count != Some(key) {
@@ -357,7 +387,7 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
         State::Starting => "starting",
         State::Running => "running",
         State::Backoff(_) => "backoff",
-        State::Stopping { .. } => "stopping",
+        State::Stopping { .. } | State::Retiring { .. } => "stopping",
         State::Exited => "exited",
         State::Failed => "failed",
     };
@@ -550,7 +580,7 @@ fn step(
                 p.abort();
             }
             match (r.state, r.after.take()) {
-                (State::Stopping { .. }, Some(After::Retire)) => {
+                (State::Stopping { .. } | State::Retiring { .. }, Some(After::Retire)) => {
                     tracing::info!(service = %spec.name, replica = r.index, "replica stopped ({how})");
                     return true;
                 }
@@ -568,7 +598,13 @@ fn step(
             }
         }
     }
-    // 2. Stops past their deadline get SIGKILL.
+    // 2. A retiring replica's time is up: the stop signal. Stops past their deadline get
+    // SIGKILL.
+    if let State::Retiring { signal_at } = r.state {
+        if now >= signal_at {
+            stop(spec, r, After::Retire);
+        }
+    }
     if let (State::Stopping { deadline, killed }, Some(c)) = (r.state, r.child.as_ref()) {
         if !killed && now >= deadline {
             tracing::warn!(service = %spec.name, replica = r.index, "did not stop in time: SIGKILL");
