@@ -808,9 +808,10 @@ pub struct AgentInfo {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A valid spec for tests to change.
     pub fn spec() -> ServiceSpec {
         ServiceSpec {
             api_version: API_VERSION,

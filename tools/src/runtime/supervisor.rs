@@ -679,3 +679,123 @@ fn probe(spec: &ServiceSpec, health: &HealthCheck, r: &mut Replica, now: Instant
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tick `pool` for `d` (probes are tokio tasks, so they run between ticks).
+    async fn run_for(pool: &mut Pool, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            pool.tick();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn pid_of(pool: &Pool, index: u32) -> Option<u32> {
+        pool.status()
+            .replicas
+            .iter()
+            .find(|r| r.index == index)
+            .and_then(|r| r.pid)
+    }
+
+    fn state_of(pool: &Pool, index: u32) -> Option<String> {
+        pool.status()
+            .replicas
+            .iter()
+            .find(|r| r.index == index)
+            .map(|r| r.state.clone())
+    }
+
+    /// Scale-in on real processes: the replica scaled away shows as `stopping` at once but
+    /// keeps running for [`RETIRE_DELAY`]; wanted again in that time it stays (same
+    /// process, `running` again); scaled away for good, it is stopped after the delay.
+    #[test]
+    fn a_replica_scaled_away_leaves_the_running_set_before_it_is_stopped() {
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(t.path());
+        sd.create().unwrap();
+        let mut spec = crate::spec::tests::spec();
+        spec.command = vec!["sleep".into(), "60".into()];
+        spec.replicas = 2;
+        spec.stop_timeout = "2s".into();
+        spec.health_check = Some(HealthCheck {
+            kind: "exec".into(),
+            command: vec!["true".into()],
+            interval: "100ms".into(),
+            healthy_threshold: 1,
+            ..Default::default()
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut pool = Pool::new(sd.clone(), spec.clone(), "1".into());
+            let start = Instant::now();
+            while pool.status().running() < 2 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "{:?}",
+                    pool.status()
+                );
+                run_for(&mut pool, Duration::from_millis(50)).await;
+            }
+            let pid = pid_of(&pool, 1).unwrap();
+
+            // Scaled to 1: out of the running set at once, the process untouched.
+            pool.update(
+                ServiceSpec {
+                    replicas: 1,
+                    ..spec.clone()
+                },
+                "2".into(),
+            );
+            pool.tick();
+            assert_eq!(state_of(&pool, 1).as_deref(), Some("stopping"));
+            assert_eq!(pool.status().running(), 1);
+            assert!(process::is_same_process(
+                pid,
+                pool.status().replicas[1].pid_start
+            ));
+
+            // Wanted again within the delay: the same process, running again.
+            run_for(&mut pool, RETIRE_DELAY / 4).await;
+            pool.update(
+                ServiceSpec {
+                    replicas: 2,
+                    ..spec.clone()
+                },
+                "3".into(),
+            );
+            run_for(&mut pool, RETIRE_DELAY * 2).await;
+            assert_eq!(state_of(&pool, 1).as_deref(), Some("running"));
+            assert_eq!(pid_of(&pool, 1), Some(pid), "the replica was restarted");
+
+            // Scaled away for good: stopped once the delay is over.
+            pool.update(
+                ServiceSpec {
+                    replicas: 1,
+                    ..spec.clone()
+                },
+                "4".into(),
+            );
+            let since = Instant::now();
+            while state_of(&pool, 1).is_some() {
+                assert!(
+                    since.elapsed() < Duration::from_secs(10),
+                    "{:?}",
+                    pool.status()
+                );
+                run_for(&mut pool, Duration::from_millis(20)).await;
+            }
+            assert!(since.elapsed() >= RETIRE_DELAY, "stopped before the delay");
+            pool.remove();
+            while !pool.is_empty() {
+                run_for(&mut pool, Duration::from_millis(20)).await;
+            }
+        });
+    }
+}
