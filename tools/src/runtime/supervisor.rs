@@ -162,8 +162,14 @@ impl Pool {
             if new_generation && matches!(r.state, State::Failed | State::Exited) {
                 r.state = State::Backoff(now);
             }
-            if process_changed && r.child.is_some() && !leaving(&r.state) {
-                stop(&self.spec, r, After::Replace);
+            if process_changed && r.child.is_some() {
+                match r.state {
+                    State::Stopping { .. } => {}
+                    // Still out of the running set until its signal; then replaced, so
+                    // wanted again it runs the new settings.
+                    State::Retiring { .. } => r.after = Some(After::Replace),
+                    _ => stop(&self.spec, r, After::Replace),
+                }
             }
         }
     }
@@ -296,7 +302,10 @@ impl Pool {
                     );
                 }
                 // Wanted again before its signal: it simply stays, as healthy as it was.
-                Some(r) if matches!(r.state, State::Retiring { .. }) => {
+                Some(r)
+                    if matches!(r.state, State::Retiring { .. })
+                        && r.after == Some(After::Retire) =>
+                {
                     r.after = None;
                     r.state = if r.tracker.state == Health::Healthy {
                         State::Running
@@ -584,7 +593,7 @@ fn step(
                     tracing::info!(service = %spec.name, replica = r.index, "replica stopped ({how})");
                     return true;
                 }
-                (State::Stopping { .. }, Some(After::Replace)) => {
+                (State::Stopping { .. } | State::Retiring { .. }, Some(After::Replace)) => {
                     r.state = State::Backoff(now);
                 }
                 (State::Stopping { .. }, Some(After::Unhealthy)) => {
@@ -602,7 +611,7 @@ fn step(
     // SIGKILL.
     if let State::Retiring { signal_at } = r.state {
         if now >= signal_at {
-            stop(spec, r, After::Retire);
+            stop(spec, r, r.after.unwrap_or(After::Retire));
         }
     }
     if let (State::Stopping { deadline, killed }, Some(c)) = (r.state, r.child.as_ref()) {
@@ -773,6 +782,37 @@ mod tests {
             run_for(&mut pool, RETIRE_DELAY * 2).await;
             assert_eq!(state_of(&pool, 1).as_deref(), Some("running"));
             assert_eq!(pid_of(&pool, 1), Some(pid), "the replica was restarted");
+
+            // Scaled away, then wanted again with other process settings: replaced, not kept.
+            pool.update(
+                ServiceSpec {
+                    replicas: 1,
+                    ..spec.clone()
+                },
+                "5".into(),
+            );
+            pool.tick();
+            let changed = ServiceSpec {
+                replicas: 2,
+                command: vec!["sleep".into(), "61".into()],
+                ..spec.clone()
+            };
+            pool.update(changed.clone(), "6".into());
+            let since = Instant::now();
+            while pid_of(&pool, 1) == Some(pid) || state_of(&pool, 1).as_deref() != Some("running")
+            {
+                assert!(
+                    since.elapsed() < Duration::from_secs(10),
+                    "{:?}",
+                    pool.status()
+                );
+                run_for(&mut pool, Duration::from_millis(20)).await;
+            }
+            let spec = changed;
+            let pid = pid_of(&pool, 1).unwrap();
+            assert!(std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap()
+                .contains("61"));
 
             // Scaled away for good: stopped once the delay is over.
             pool.update(
