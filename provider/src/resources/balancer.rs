@@ -93,11 +93,9 @@ fn set_admin(s: &mut BalancerState, addr: S) {
 fn url_of(s: &BalancerState) -> S {
     match (&s.mode, &s.listen) {
         (Value::Value(m), _) if m == "queue" => Value::Null,
+        (Value::Unknown, _) | (_, Value::Unknown) => Value::Unknown,
         (_, Value::Value(l)) => v(format!("http://{l}")),
-        (_, l) => match l {
-            Value::Unknown => Value::Unknown,
-            _ => Value::Null,
-        },
+        _ => Value::Null,
     }
 }
 
@@ -755,5 +753,41 @@ impl Resource for BalancerResource {
             },
             ValueEmpty::default(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `url` follows `listen` and `mode`, and stays unknown while either is (planning it
+    /// known and then answering otherwise would be an inconsistent result in Terraform).
+    #[test]
+    fn url_follows_listen_and_mode() {
+        let mut s = BalancerState {
+            listen: v("127.0.0.1:8080".to_string()),
+            mode: v("http".to_string()),
+            ..Default::default()
+        };
+        assert_eq!(url_of(&s), v("http://127.0.0.1:8080".to_string()));
+        s.mode = v("queue".to_string());
+        assert_eq!(url_of(&s), Value::Null);
+        s.mode = Value::Unknown;
+        assert_eq!(url_of(&s), Value::Unknown);
+        s.mode = v("http".to_string());
+        s.listen = Value::Unknown;
+        assert_eq!(url_of(&s), Value::Unknown);
+    }
+
+    #[test]
+    fn admin_url_is_made_from_admin_address() {
+        let mut s = BalancerState::default();
+        set_admin(&mut s, v("127.0.0.1:41000".to_string()));
+        assert_eq!(s.admin_url, v("http://127.0.0.1:41000".to_string()));
+        set_admin(&mut s, Value::Unknown);
+        assert_eq!(s.admin_url, Value::Unknown);
+        assert_eq!(s.admin_address, Value::Unknown);
+        set_admin(&mut s, v(String::new()));
+        assert_eq!(s.admin_url, v(String::new()));
     }
 }
