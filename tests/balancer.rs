@@ -17,15 +17,7 @@ fn worker(port: u16) -> Worker {
 
 /// One request per connection; returns (status, headers+body).
 fn get(port: u16, path: &str, extra: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
+    let out = localdr_e2e::http_get(port, path, extra);
     let code = out
         .split_whitespace()
         .nth(1)

@@ -273,14 +273,7 @@ fn backup_service_takes_over_when_the_pool_is_gone() {
     .unwrap();
     tf.apply();
     let targets = || -> Vec<(String, bool)> {
-        let mut s = TcpStream::connect(("127.0.0.1", admin)).unwrap();
-        write!(
-            s,
-            "GET /targets HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
+        let out = localdr_e2e::http_get(admin, "/targets", "");
         let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
         let j: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
         j.as_array()

@@ -463,6 +463,24 @@ pub fn wait_for(
 }
 
 /// A free port, picked at run time.
+/// One GET on a connection of its own (`Connection: close`): the whole answer as text, or
+/// as much as came before a read error. `extra`: more header lines, each ending in `\r\n`.
+/// Panics when nothing takes the request on `port`.
+pub fn http_get(port: u16, path: &str, extra: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 pub fn free_port() -> u16 {
     free_ports(1)
 }

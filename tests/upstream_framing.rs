@@ -406,18 +406,7 @@ fn the_request_id_header_is_configurable_and_echo_can_be_off() {
     spec.correlation_id.header_name = "X-Correlation-ID".into();
     spec.correlation_id.echo_downstream = false;
     let h = balancer::start(spec, None).unwrap();
-    let ask = |extra: &str| {
-        let mut s = TcpStream::connect(("127.0.0.1", h.listen.port())).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET /head HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.to_lowercase()
-    };
+    let ask = |extra: &str| localdr_e2e::http_get(h.listen.port(), "/head", extra).to_lowercase();
     let out = ask("");
     let (head, seen) = out.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("http/1.1 200"), "{out}");

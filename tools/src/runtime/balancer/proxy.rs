@@ -470,12 +470,13 @@ pub async fn handle(
             }
         };
         target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let stalled_now = stalled.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
         if let Some(b) = streamed.take() {
-            if !stalled.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+            if !stalled_now {
                 linger(b);
             }
         }
-        if stalled.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+        if stalled_now {
             lb.finish(request_id, &peer, &target.address, 408, start, retries);
             let mut r = simple(
                 StatusCode::REQUEST_TIMEOUT,
