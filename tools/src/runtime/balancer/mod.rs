@@ -497,24 +497,28 @@ pub fn start(spec: BalancerSpec, sd: Option<StateDir>) -> Result<Handle> {
     if let Some(sd) = &sd {
         lb.set_targets(&spec, followed(sd, &spec));
     }
+    // The runtime and the listeners' registrations are made here, not in the thread: every
+    // descriptor the balancer needs to run (epoll, its eventfd, the signal pipe) is then held
+    // before `start` returns, and a failure to get one is this call's error. Made in the
+    // thread, it raced whatever the caller did next (a process at its descriptor limit saw
+    // the balancer thread panic after a successful start).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .with_context(|| format!("balancer {}: cannot start its runtime", spec.name))?;
+    let (l, a) = {
+        let _entered = rt.enter();
+        (
+            tokio::net::TcpListener::from_std(listener)?,
+            tokio::net::TcpListener::from_std(admin)?,
+        )
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let lb2 = lb.clone();
     let thread = std::thread::Builder::new()
         .name(format!("lb-{}", lb.name))
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("balancer runtime: {e}");
-                    return;
-                }
-            };
             rt.block_on(async move {
-                let l = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let a = tokio::net::TcpListener::from_std(admin).expect("admin listener");
                 let serve = serve(lb2.clone(), l, stop_rx.clone());
                 let adm = admin::serve(lb2.clone(), a, stop_rx.clone());
                 let checks = active_checks(lb2.clone(), sd, stop_rx.clone());
