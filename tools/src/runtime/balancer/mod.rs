@@ -11,6 +11,7 @@ mod chunked;
 pub mod pick;
 pub mod proxy;
 pub mod ratelimit;
+mod retry_budget;
 pub mod targets;
 mod tunnel;
 pub mod upstream;
@@ -22,6 +23,7 @@ use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
 use pick::Picker;
 use ratelimit::RateLimiter;
+use retry_budget::RetryBudget;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -64,6 +66,8 @@ pub struct Balancer {
     picker: ArcSwap<Picker>,
     limiter: ArcSwap<Option<RateLimiter>>,
     pub metrics: Metrics,
+    /// Keeps retries under ~20% of recent traffic.
+    retry_budget: RetryBudget,
     counter: AtomicU64,
     /// `slow_start`, parsed once per reload (read on every pick).
     slow_start_ms: AtomicU64,
@@ -118,6 +122,7 @@ impl Balancer {
             targets: ArcSwap::from_pointee(Vec::new()),
             cfg: ArcSwap::from_pointee(spec.clone()),
             metrics: Metrics::default(),
+            retry_budget: RetryBudget::new(Instant::now()),
             counter: AtomicU64::new(0),
             slow_start_ms: AtomicU64::new(slow_ms(&spec)),
             panic_threshold: AtomicU32::new(spec.healthchecks.passive.panic_threshold),
@@ -312,12 +317,9 @@ impl Balancer {
         }
     }
 
-    /// Retry budget: retries stay under ~20% of requests (plus a little headroom so a
-    /// quiet balancer can still retry).
-    pub fn retry_allowed(&self) -> bool {
-        let r = self.metrics.retries.load(Ordering::Relaxed);
-        let n = self.metrics.requests.load(Ordering::Relaxed);
-        r < n / 5 + 10
+    /// May a failed attempt be retried now? See [`RetryBudget`].
+    pub fn retry_allowed(&self, now: Instant) -> bool {
+        self.retry_budget.allows_retry(now)
     }
 
     /// The request id header and whether answers carry it.
@@ -379,6 +381,7 @@ impl Balancer {
         retries: u32,
     ) {
         let el = start.elapsed();
+        self.retry_budget.record_request(start + el);
         let m = &self.metrics;
         m.requests.fetch_add(1, Ordering::Relaxed);
         m.by_class[(status / 100).min(5) as usize].fetch_add(1, Ordering::Relaxed);

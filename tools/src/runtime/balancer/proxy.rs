@@ -509,14 +509,17 @@ pub async fn handle(
             Err(_) => (Outcome::Timeout, None, false),
         };
         lb.observe(&target, outcome, &cfg);
-        let can_retry = retries < cfg.retries
-            && lb.retry_allowed()
-            && (safe_to_repeat || (nothing_sent && matches!(body, ReqBody::Buffered(_))));
-        match resp {
+        // Asked only after a failed attempt: the budget reads the clock.
+        let can_retry = || {
+            retries < cfg.retries
+                && (safe_to_repeat || (nothing_sent && matches!(body, ReqBody::Buffered(_))))
+                && lb.retry_allowed(Instant::now())
+        };
+        let can_retry = match resp {
             Some(resp)
                 if !(outcome == Outcome::HttpFailure
                     && resp.status().is_server_error()
-                    && can_retry) =>
+                    && can_retry()) =>
             {
                 let (mut rp, rb) = resp.into_parts();
                 if rp.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -555,8 +558,10 @@ pub async fn handle(
                 );
                 return Ok(Response::from_parts(rp, rb));
             }
-            _ => {}
-        }
+            // Refused above only when a retry is allowed.
+            Some(_) => true,
+            None => can_retry(),
+        };
         target.failures.fetch_add(1, Ordering::Relaxed);
         if !can_retry {
             let (code, msg) = match outcome {
@@ -580,6 +585,7 @@ pub async fn handle(
         }
         retries += 1;
         lb.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        lb.retry_budget.record_retry(Instant::now());
         // Jittered backoff: 0–(10 ms × attempt), so retries do not arrive in lockstep.
         let jitter = (lb.next_jitter() % 10 + 1) * retries as u64;
         tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
