@@ -333,10 +333,114 @@ fn backup_service_takes_over_when_the_pool_is_gone() {
     assert!(ok > 50, "too little load to tell: {ok} requests");
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed while the pool scaled (after the nth success: {failed:?})",
+        "{} of {} requests failed while the pool scaled (after the nth success: {:?})",
         failed.len(),
-        ok as usize + failed.len()
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(10)]
     );
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+}
+
+fn rolling_config(sd: &Path, base: u16, listen: u16, version: u32) -> String {
+    format!(
+        r#"
+{head}resource "localdr_service" "web" {{
+  name      = "web"
+  command   = ["{w}", "--port", "{{port}}"]
+  env       = {{ VERSION = "{version}" }}
+  replicas  = 3
+  base_port = {base}
+}}
+resource "localdr_balancer" "lb" {{
+  name    = "lb"
+  listen  = "127.0.0.1:{listen}"
+  service = localdr_service.web.name
+  retries = 0 # no retry hides a request sent to a replica that is gone
+}}
+"#,
+        head = localdr_e2e::terraform_head(Some(sd)),
+        w = env!("CARGO_BIN_EXE_localdr-test-worker"),
+    )
+}
+
+/// The pid in a worker's answer to `GET /`.
+fn pid_of(body: &str) -> u32 {
+    body.split("pid=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A changed process setting (here `env`) replaces a pool's replicas one at a time behind
+/// its balancer: apply returns once every replica runs the new settings, and a request
+/// every 5 ms, never retried, sees no failure.
+#[test]
+fn a_changed_pool_is_replaced_one_replica_at_a_time_without_failed_requests() {
+    let base = free_ports(3);
+    let listen = free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = tmp.path().join("state");
+    let tf = Tf::new(TfVersion::New, &rolling_config(&sd, base, listen, 1));
+    let _cleanup = Cleanup(sd.clone());
+    tf.init();
+    tf.apply();
+    let pids = |ports: &[u16]| -> std::collections::BTreeMap<u16, u32> {
+        ports
+            .iter()
+            .map(|&p| (p, get(p).map(|b| pid_of(&b)).unwrap_or(0)))
+            .collect()
+    };
+    let ports = [base, base + 1, base + 2];
+    let before = pids(&ports);
+    assert!(before.values().all(|&p| p != 0), "{before:?}");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(listen) {
+                    Some(_) => ok += 1,
+                    None => failed.push(ok),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed)
+        })
+    };
+    std::fs::write(
+        tf.path().join("main.tf"),
+        rolling_config(&sd, base, listen, 2),
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    tf.apply();
+    let took = t0.elapsed();
+    // Apply waited for the roll: every replica is a new process, with the new env.
+    let after = pids(&ports);
+    for p in ports {
+        assert_ne!(after[&p], before[&p], "replica on {p} was not replaced");
+        let env = std::fs::read(format!("/proc/{}/environ", after[&p])).unwrap();
+        assert!(
+            env.split(|&b| b == 0).any(|kv| kv == b"VERSION=2"),
+            "replica on {p} runs without the new env"
+        );
+    }
+    println!("FIGURE rolling replace of 3 replicas: apply took {took:.1?}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(ok > 50, "too little load to tell: {ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rolling replace (after the nth success: {:?})",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+    tf.assert_empty_plan("after the rolling replace");
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
 }
 

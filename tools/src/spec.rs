@@ -436,6 +436,9 @@ pub struct ReplicaStatus {
     pub last_exit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    /// Runs an earlier spec's process settings; a rolling replace is under way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outdated: bool,
 }
 
 impl ServiceStatus {
@@ -451,6 +454,10 @@ impl ServiceStatus {
             .iter()
             .filter(|r| r.state == "running")
             .count()
+    }
+    /// Replicas still running an earlier spec's process settings (a rolling replace).
+    pub fn outdated(&self) -> usize {
+        self.replicas.iter().filter(|r| r.outdated).count()
     }
     pub fn healthy(&self) -> usize {
         self.replicas

@@ -148,7 +148,11 @@ pub fn run(a: StatusArgs) -> Result<i32> {
                         rep.index.to_string(),
                         rep.port.to_string(),
                         rep.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                        rep.state.clone(),
+                        if rep.outdated {
+                            format!("{} (outdated)", rep.state)
+                        } else {
+                            rep.state.clone()
+                        },
                         rep.health.clone(),
                         rep.restarts.to_string(),
                         rep.last_exit.clone().unwrap_or_default(),

@@ -254,6 +254,7 @@ mod tests {
             restarts: 0,
             last_exit: None,
             started_at: None,
+            outdated: false,
         }
     }
 

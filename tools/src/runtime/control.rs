@@ -66,7 +66,10 @@ pub fn wait_converged(
                     bail!("{msg}");
                 }
                 let ready = if healthy { st.healthy() } else { st.live() };
-                if ready == st.desired as usize && st.live() == st.desired as usize {
+                if ready == st.desired as usize
+                    && st.live() == st.desired as usize
+                    && st.outdated() == 0
+                {
                     return Ok(st);
                 }
             }
@@ -75,10 +78,16 @@ pub fn wait_converged(
         if start.elapsed() > timeout {
             let what = match &last {
                 Some(st) if st.spec_hash == hash => format!(
-                    "{} of {} replicas {}",
+                    "{} of {} replicas {}{}",
                     if healthy { st.healthy() } else { st.live() },
                     st.desired,
-                    if healthy { "healthy" } else { "running" }
+                    if healthy { "healthy" } else { "running" },
+                    match st.outdated() {
+                        0 => String::new(),
+                        n => format!(
+                            "; {n} still run the previous command (the rolling replace waits for each new replica to be healthy)"
+                        ),
+                    }
                 ),
                 _ => "the agent has not picked up the new spec".into(),
             };

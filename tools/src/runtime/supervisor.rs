@@ -45,7 +45,8 @@ enum State {
 enum After {
     /// Scaled away or the service removed: drop it.
     Retire,
-    /// The spec's process settings changed: start again at once.
+    /// The spec's process settings changed (a rolling replace) or it was scaled away and
+    /// wanted again meanwhile: start again at once.
     Replace,
     /// Failed its health check: a restart counted against the start limit.
     Unhealthy,
@@ -65,6 +66,10 @@ struct Replica {
     restarts: Restarts,
     last_exit: Option<String>,
     started: Option<(Instant, DateTime<Utc>)>,
+    /// Runs an earlier spec's process settings: to be replaced, one replica at a time.
+    outdated: bool,
+    /// Replaced by the rolling replace in progress: the next one waits until it is running.
+    rolled: bool,
 }
 
 pub struct Pool {
@@ -153,6 +158,9 @@ impl Pool {
         }
         self.next_schedule_eval = now;
         for r in self.replicas.values_mut() {
+            if process_changed {
+                r.rolled = false;
+            }
             if health_changed {
                 r.tracker = Tracker::new(&health);
             }
@@ -164,12 +172,48 @@ impl Pool {
             }
             if process_changed && r.child.is_some() {
                 match r.state {
+                    // Starts again with the new settings once it has exited.
                     State::Stopping { .. } => {}
                     // Still out of the running set until its signal; then replaced, so
                     // wanted again it runs the new settings.
                     State::Retiring { .. } => r.after = Some(After::Replace),
-                    _ => stop(&self.spec, r, After::Replace),
+                    // Replaced by `roll`, one at a time.
+                    _ => r.outdated = true,
                 }
+            }
+        }
+    }
+
+    /// The rolling replace: one outdated replica at a time leaves (first out of the running
+    /// set, then signalled, as when scaled away) and starts again with the new settings;
+    /// the next goes only once it is running (healthy). So a pool of N serves with at least
+    /// N - 1 replicas throughout (Kubernetes' maxUnavailable 1, maxSurge 0: replicas own
+    /// their ports, so there is no room for an extra one), and a new command that never
+    /// becomes healthy stops the roll after its first replica, the others still serving.
+    fn roll(&mut self, now: Instant) {
+        if self.removing {
+            return;
+        }
+        let in_progress = self.replicas.values().any(|r| {
+            (r.rolled && r.state != State::Running)
+                || (leaving(&r.state) && r.after == Some(After::Replace))
+        });
+        if in_progress {
+            return;
+        }
+        let next = self
+            .replicas
+            .values_mut()
+            .find(|r| r.outdated && r.child.is_some() && !leaving(&r.state));
+        if let Some(r) = next {
+            tracing::info!(service = %self.spec.name, replica = r.index, "rolling replace: replacing");
+            r.rolled = true;
+            r.after = Some(After::Replace);
+            r.state = State::Retiring {
+                signal_at: now + RETIRE_DELAY,
+            };
+            if let Some(p) = r.probe.take() {
+                p.abort();
             }
         }
     }
@@ -192,6 +236,7 @@ impl Pool {
         let now = Instant::now();
         self.evaluate_desired(now);
         self.scale(now);
+        self.roll(now);
         let spec = self.spec.clone();
         let health = spec.effective_health();
         let mut gone = Vec::new();
@@ -298,6 +343,8 @@ impl Pool {
                             restarts: Restarts::new(&restart),
                             last_exit: None,
                             started: None,
+                            outdated: false,
+                            rolled: false,
                         },
                     );
                 }
@@ -414,6 +461,7 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
         restarts: r.restarts.total,
         last_exit: r.last_exit.clone(),
         started_at: r.started.map(|(_, t)| stamp(t)),
+        outdated: r.outdated && r.child.is_some(),
     }
 }
 
@@ -509,6 +557,7 @@ fn start(sd: &StateDir, spec: &ServiceSpec, health: &HealthCheck, r: &mut Replic
             r.child = Some(child);
             r.state = State::Starting;
             r.after = None;
+            r.outdated = false;
             r.tracker = Tracker::new(health);
             r.next_probe = now + Duration::from_millis(50);
             r.last_counted_failure = None;
@@ -832,6 +881,118 @@ mod tests {
                 run_for(&mut pool, Duration::from_millis(20)).await;
             }
             assert!(since.elapsed() >= RETIRE_DELAY, "stopped before the delay");
+            pool.remove();
+            while !pool.is_empty() {
+                run_for(&mut pool, Duration::from_millis(20)).await;
+            }
+        });
+    }
+
+    /// The command of a replica's process, from /proc.
+    fn cmdline(pid: u32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .replace('\0', " ")
+    }
+
+    /// A changed command replaces the replicas one at a time on real processes: never more
+    /// than one out of the running set, each next one only once the last is running; and
+    /// a new command that never becomes healthy stops the roll after its first replica,
+    /// the others still running the old one.
+    #[test]
+    fn a_changed_command_replaces_replicas_one_at_a_time() {
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(t.path());
+        sd.create().unwrap();
+        let mut spec = crate::spec::tests::spec();
+        spec.command = vec!["sleep".into(), "60".into()];
+        spec.replicas = 3;
+        spec.stop_timeout = "2s".into();
+        spec.health_check = Some(HealthCheck {
+            kind: "exec".into(),
+            command: vec!["true".into()],
+            interval: "100ms".into(),
+            healthy_threshold: 1,
+            ..Default::default()
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut pool = Pool::new(sd.clone(), spec.clone(), "1".into());
+            let start = Instant::now();
+            while pool.status().running() < 3 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "{:?}",
+                    pool.status()
+                );
+                run_for(&mut pool, Duration::from_millis(50)).await;
+            }
+
+            let new = ServiceSpec {
+                command: vec!["sleep".into(), "61".into()],
+                ..spec.clone()
+            };
+            pool.update(new.clone(), "2".into());
+            pool.tick();
+            let st = pool.status();
+            assert_eq!(st.outdated(), 3, "{st:?}");
+            assert_eq!(
+                st.replicas.iter().filter(|r| r.state == "stopping").count(),
+                1,
+                "one leaves at once, two wait: {st:?}"
+            );
+            let since = Instant::now();
+            let mut replaced_order = Vec::new();
+            loop {
+                let st = pool.status();
+                assert!(
+                    st.running() >= 2,
+                    "more than one replica out at once: {st:?}"
+                );
+                for r in &st.replicas {
+                    let new_cmd = r.pid.is_some_and(|p| cmdline(p).contains("61"));
+                    if new_cmd && r.state == "running" && !replaced_order.contains(&r.index) {
+                        replaced_order.push(r.index);
+                    }
+                }
+                if replaced_order.len() == 3 {
+                    break;
+                }
+                assert!(since.elapsed() < Duration::from_secs(30), "{st:?}");
+                run_for(&mut pool, Duration::from_millis(10)).await;
+            }
+            assert_eq!(replaced_order, vec![0, 1, 2]);
+            assert_eq!(pool.status().outdated(), 0);
+            assert!(
+                since.elapsed() >= RETIRE_DELAY * 3,
+                "each replica left the running set before it was signalled"
+            );
+
+            // A command that exits at once never becomes healthy: the roll stops there.
+            let old_pids: Vec<u32> = (1..3).map(|i| pid_of(&pool, i).unwrap()).collect();
+            pool.update(
+                ServiceSpec {
+                    command: vec!["false".into()],
+                    ..new.clone()
+                },
+                "3".into(),
+            );
+            run_for(&mut pool, RETIRE_DELAY * 4).await;
+            let st = pool.status();
+            assert_ne!(state_of(&pool, 0).as_deref(), Some("running"), "{st:?}");
+            assert_eq!(
+                (1..3)
+                    .map(|i| pid_of(&pool, i).unwrap())
+                    .collect::<Vec<_>>(),
+                old_pids,
+                "the roll went on past a replica that never became healthy: {st:?}"
+            );
+            assert_eq!(st.running(), 2);
+            assert_eq!(st.outdated(), 2);
+
             pool.remove();
             while !pool.is_empty() {
                 run_for(&mut pool, Duration::from_millis(20)).await;
