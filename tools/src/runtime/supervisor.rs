@@ -177,6 +177,10 @@ impl Pool {
                     // Still out of the running set until its signal; then replaced, so
                     // wanted again it runs the new settings.
                     State::Retiring { .. } => r.after = Some(After::Replace),
+                    // Ports that move may land on a port an older replica holds: a roll
+                    // would wait forever for a replica that cannot bind. All at once, then
+                    // (the pool's endpoints change anyway).
+                    _ if old.base_port != s.base_port => stop(s, r, After::Replace),
                     // Replaced by `roll`, one at a time.
                     _ => r.outdated = true,
                 }
@@ -240,8 +244,16 @@ impl Pool {
         let spec = self.spec.clone();
         let health = spec.effective_health();
         let mut gone = Vec::new();
+        // Ports still held by a replica's process (after a change of base_port, an older
+        // replica may hold the port another is about to start on).
+        let held: HashSet<u16> = self
+            .replicas
+            .values()
+            .filter(|r| r.child.is_some())
+            .map(|r| r.port)
+            .collect();
         for r in self.replicas.values_mut() {
-            if step(&self.sd, &spec, &health, r, now) {
+            if step(&self.sd, &spec, &health, &held, r, now) {
                 gone.push(r.index);
             }
         }
@@ -618,11 +630,13 @@ fn decide(
     }
 }
 
-/// Advance one replica; returns true when it is gone for good (retired).
+/// Advance one replica; returns true when it is gone for good (retired). `held`: ports
+/// other replicas' processes hold.
 fn step(
     sd: &StateDir,
     spec: &ServiceSpec,
     health: &HealthCheck,
+    held: &HashSet<u16>,
     r: &mut Replica,
     now: Instant,
 ) -> bool {
@@ -673,9 +687,9 @@ fn step(
             };
         }
     }
-    // 3. Backoff over: start.
+    // 3. Backoff over: start, once its port is free (not a restart counted against it).
     if let State::Backoff(at) = r.state {
-        if now >= at {
+        if now >= at && !held.contains(&(spec.base_port + r.index as u16)) {
             start(sd, spec, health, r, now);
         }
     }
@@ -993,6 +1007,82 @@ mod tests {
             assert_eq!(st.running(), 2);
             assert_eq!(st.outdated(), 2);
 
+            pool.remove();
+            while !pool.is_empty() {
+                run_for(&mut pool, Duration::from_millis(20)).await;
+            }
+        });
+    }
+
+    /// A new `base_port` one up: replica 0's new port is the one replica 1 holds. Replaced
+    /// all at once, every replica binds its new port (a roll would wait forever for
+    /// replica 0).
+    #[test]
+    fn a_moved_base_port_replaces_all_replicas_at_once() {
+        // Three consecutive free ports.
+        let base = (20_000..60_000u16)
+            .step_by(7)
+            .find(|&p| (p..p + 3).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()))
+            .unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(t.path());
+        sd.create().unwrap();
+        let mut spec = crate::spec::tests::spec();
+        spec.command = vec![
+            "python3".into(),
+            "-c".into(),
+            "import socket,sys,time\ns=socket.socket()\ns.bind(('127.0.0.1',int(sys.argv[1])))\ns.listen()\ntime.sleep(60)".into(),
+            "{port}".into(),
+        ];
+        spec.replicas = 2;
+        spec.base_port = base;
+        spec.stop_timeout = "2s".into();
+        spec.health_check = Some(HealthCheck {
+            kind: "tcp".into(),
+            interval: "100ms".into(),
+            healthy_threshold: 1,
+            ..Default::default()
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut pool = Pool::new(sd.clone(), spec.clone(), "1".into());
+            let start = Instant::now();
+            while pool.status().running() < 2 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "{:?}",
+                    pool.status()
+                );
+                run_for(&mut pool, Duration::from_millis(50)).await;
+            }
+            pool.update(
+                ServiceSpec {
+                    base_port: base + 1,
+                    ..spec.clone()
+                },
+                "2".into(),
+            );
+            let since = Instant::now();
+            loop {
+                let st = pool.status();
+                let ports: Vec<u16> = st
+                    .replicas
+                    .iter()
+                    .filter(|r| r.state == "running")
+                    .map(|r| r.port)
+                    .collect();
+                if ports == [base + 1, base + 2] {
+                    break;
+                }
+                assert!(since.elapsed() < Duration::from_secs(20), "{st:?}");
+                run_for(&mut pool, Duration::from_millis(50)).await;
+            }
+            // No replica started on a port still held: none crashed on its way.
+            let st = pool.status();
+            assert!(st.replicas.iter().all(|r| r.restarts == 0), "{st:?}");
             pool.remove();
             while !pool.is_empty() {
                 run_for(&mut pool, Duration::from_millis(20)).await;
