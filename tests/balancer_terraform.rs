@@ -26,6 +26,46 @@ fn port_of(body: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// A GET every 5 ms through the balancer, never retried by the client, until finished.
+struct SteadyLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, Vec<u32>)>,
+}
+
+impl SteadyLoad {
+    fn start(listen: u16) -> SteadyLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // Failures are recorded as the number of successes they followed.
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(listen) {
+                    Some(_) => ok += 1,
+                    None => failed.push(ok),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed)
+        });
+        SteadyLoad { stop, thread }
+    }
+
+    /// Stops the load; panics unless enough requests ran and none failed.
+    fn finish_without_failures(self, during: &str) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed) = self.thread.join().unwrap();
+        assert!(ok > 50, "too little load to tell: {ok} requests");
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed {during} (after the nth success: {:?})",
+            failed.len(),
+            ok as usize + failed.len(),
+            &failed[..failed.len().min(10)]
+        );
+    }
+}
+
 fn config(sd: &Path, base: u16, listen: u16, lb: &str) -> String {
     format!(
         r#"
@@ -248,21 +288,7 @@ fn backup_service_takes_over_when_the_pool_is_gone() {
     // Requests all along, through both changes of the pool: none may fail. A replica
     // scaled away leaves the running set a moment before it is stopped, so the balancer
     // follows before any request can reach a replica that is gone.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match get(listen) {
-                    Some(_) => ok += 1,
-                    None => failed.push(ok),
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            (ok, failed)
-        })
-    };
+    let load = SteadyLoad::start(listen);
 
     // The pool scaled to zero: once the balancer has followed (it reads the pools' status
     // every 250 ms), its only target is the standby and every request goes there.
@@ -328,16 +354,7 @@ fn backup_service_takes_over_when_the_pool_is_gone() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.join().unwrap();
-    assert!(ok > 50, "too little load to tell: {ok} requests");
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed while the pool scaled (after the nth success: {:?})",
-        failed.len(),
-        ok as usize + failed.len(),
-        &failed[..failed.len().min(10)]
-    );
+    load.finish_without_failures("while the pool scaled");
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
 }
 
@@ -395,21 +412,7 @@ fn a_changed_pool_is_replaced_one_replica_at_a_time_without_failed_requests() {
     let before = pids(&ports);
     assert!(before.values().all(|&p| p != 0), "{before:?}");
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match get(listen) {
-                    Some(_) => ok += 1,
-                    None => failed.push(ok),
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            (ok, failed)
-        })
-    };
+    let load = SteadyLoad::start(listen);
     std::fs::write(
         tf.path().join("main.tf"),
         rolling_config(&sd, base, listen, 2),
@@ -430,16 +433,7 @@ fn a_changed_pool_is_replaced_one_replica_at_a_time_without_failed_requests() {
     }
     println!("FIGURE rolling replace of 3 replicas: apply took {took:.1?}");
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.join().unwrap();
-    assert!(ok > 50, "too little load to tell: {ok} requests");
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed during the rolling replace (after the nth success: {:?})",
-        failed.len(),
-        ok as usize + failed.len(),
-        &failed[..failed.len().min(10)]
-    );
+    load.finish_without_failures("during the rolling replace");
     tf.assert_empty_plan("after the rolling replace");
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
 }

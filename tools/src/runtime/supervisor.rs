@@ -781,40 +781,71 @@ mod tests {
             .map(|r| r.state.clone())
     }
 
+    /// A spec of `replicas` real processes running `command`, healthy once a quick check
+    /// (`kind`: exec `true`, or tcp) passes.
+    fn real_spec(command: Vec<String>, replicas: u32, kind: &str) -> ServiceSpec {
+        let mut spec = crate::spec::tests::spec();
+        spec.command = command;
+        spec.replicas = replicas;
+        spec.stop_timeout = "2s".into();
+        spec.health_check = Some(HealthCheck {
+            kind: kind.into(),
+            command: if kind == "exec" {
+                vec!["true".into()]
+            } else {
+                Vec::new()
+            },
+            interval: "100ms".into(),
+            healthy_threshold: 1,
+            ..Default::default()
+        });
+        spec
+    }
+
+    /// A state dir and a runtime for a test on real processes.
+    fn fixture() -> (tempfile::TempDir, StateDir, tokio::runtime::Runtime) {
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(t.path());
+        sd.create().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        (t, sd, rt)
+    }
+
+    /// A pool of `spec`, once all its replicas run.
+    async fn running_pool(sd: &StateDir, spec: &ServiceSpec) -> Pool {
+        let mut pool = Pool::new(sd.clone(), spec.clone(), "1".into());
+        let start = Instant::now();
+        while pool.status().running() < spec.replicas as usize {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{:?}",
+                pool.status()
+            );
+            run_for(&mut pool, Duration::from_millis(50)).await;
+        }
+        pool
+    }
+
+    /// Removes the pool and waits until every process is gone.
+    async fn remove_all(pool: &mut Pool) {
+        pool.remove();
+        while !pool.is_empty() {
+            run_for(pool, Duration::from_millis(20)).await;
+        }
+    }
+
     /// Scale-in on real processes: the replica scaled away shows as `stopping` at once but
     /// keeps running for [`RETIRE_DELAY`]; wanted again in that time it stays (same
     /// process, `running` again); scaled away for good, it is stopped after the delay.
     #[test]
     fn a_replica_scaled_away_leaves_the_running_set_before_it_is_stopped() {
-        let t = tempfile::tempdir().unwrap();
-        let sd = StateDir::new(t.path());
-        sd.create().unwrap();
-        let mut spec = crate::spec::tests::spec();
-        spec.command = vec!["sleep".into(), "60".into()];
-        spec.replicas = 2;
-        spec.stop_timeout = "2s".into();
-        spec.health_check = Some(HealthCheck {
-            kind: "exec".into(),
-            command: vec!["true".into()],
-            interval: "100ms".into(),
-            healthy_threshold: 1,
-            ..Default::default()
-        });
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (_t, sd, rt) = fixture();
+        let spec = real_spec(vec!["sleep".into(), "60".into()], 2, "exec");
         rt.block_on(async {
-            let mut pool = Pool::new(sd.clone(), spec.clone(), "1".into());
-            let start = Instant::now();
-            while pool.status().running() < 2 {
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "{:?}",
-                    pool.status()
-                );
-                run_for(&mut pool, Duration::from_millis(50)).await;
-            }
+            let mut pool = running_pool(&sd, &spec).await;
             let pid = pid_of(&pool, 1).unwrap();
 
             // Scaled to 1: out of the running set at once, the process untouched.
@@ -895,10 +926,7 @@ mod tests {
                 run_for(&mut pool, Duration::from_millis(20)).await;
             }
             assert!(since.elapsed() >= RETIRE_DELAY, "stopped before the delay");
-            pool.remove();
-            while !pool.is_empty() {
-                run_for(&mut pool, Duration::from_millis(20)).await;
-            }
+            remove_all(&mut pool).await;
         });
     }
 
@@ -915,35 +943,10 @@ mod tests {
     /// the others still running the old one.
     #[test]
     fn a_changed_command_replaces_replicas_one_at_a_time() {
-        let t = tempfile::tempdir().unwrap();
-        let sd = StateDir::new(t.path());
-        sd.create().unwrap();
-        let mut spec = crate::spec::tests::spec();
-        spec.command = vec!["sleep".into(), "60".into()];
-        spec.replicas = 3;
-        spec.stop_timeout = "2s".into();
-        spec.health_check = Some(HealthCheck {
-            kind: "exec".into(),
-            command: vec!["true".into()],
-            interval: "100ms".into(),
-            healthy_threshold: 1,
-            ..Default::default()
-        });
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (_t, sd, rt) = fixture();
+        let spec = real_spec(vec!["sleep".into(), "60".into()], 3, "exec");
         rt.block_on(async {
-            let mut pool = Pool::new(sd.clone(), spec.clone(), "1".into());
-            let start = Instant::now();
-            while pool.status().running() < 3 {
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "{:?}",
-                    pool.status()
-                );
-                run_for(&mut pool, Duration::from_millis(50)).await;
-            }
+            let mut pool = running_pool(&sd, &spec).await;
 
             let new = ServiceSpec {
                 command: vec!["sleep".into(), "61".into()],
@@ -1007,10 +1010,7 @@ mod tests {
             assert_eq!(st.running(), 2);
             assert_eq!(st.outdated(), 2);
 
-            pool.remove();
-            while !pool.is_empty() {
-                run_for(&mut pool, Duration::from_millis(20)).await;
-            }
+            remove_all(&mut pool).await;
         });
     }
 
@@ -1024,40 +1024,16 @@ mod tests {
             .step_by(7)
             .find(|&p| (p..p + 3).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()))
             .unwrap();
-        let t = tempfile::tempdir().unwrap();
-        let sd = StateDir::new(t.path());
-        sd.create().unwrap();
-        let mut spec = crate::spec::tests::spec();
-        spec.command = vec![
+        let (_t, sd, rt) = fixture();
+        let mut spec = real_spec(vec![
             "python3".into(),
             "-c".into(),
             "import socket,sys,time\ns=socket.socket()\ns.bind(('127.0.0.1',int(sys.argv[1])))\ns.listen()\ntime.sleep(60)".into(),
             "{port}".into(),
-        ];
-        spec.replicas = 2;
+        ], 2, "tcp");
         spec.base_port = base;
-        spec.stop_timeout = "2s".into();
-        spec.health_check = Some(HealthCheck {
-            kind: "tcp".into(),
-            interval: "100ms".into(),
-            healthy_threshold: 1,
-            ..Default::default()
-        });
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         rt.block_on(async {
-            let mut pool = Pool::new(sd.clone(), spec.clone(), "1".into());
-            let start = Instant::now();
-            while pool.status().running() < 2 {
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "{:?}",
-                    pool.status()
-                );
-                run_for(&mut pool, Duration::from_millis(50)).await;
-            }
+            let mut pool = running_pool(&sd, &spec).await;
             pool.update(
                 ServiceSpec {
                     base_port: base + 1,
@@ -1083,10 +1059,7 @@ mod tests {
             // No replica started on a port still held: none crashed on its way.
             let st = pool.status();
             assert!(st.replicas.iter().all(|r| r.restarts == 0), "{st:?}");
-            pool.remove();
-            while !pool.is_empty() {
-                run_for(&mut pool, Duration::from_millis(20)).await;
-            }
+            remove_all(&mut pool).await;
         });
     }
 }
