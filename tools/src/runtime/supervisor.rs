@@ -95,6 +95,15 @@ pub struct Pool {
 /// is published every 100 ms).
 pub const RETIRE_DELAY: Duration = Duration::from_secs(1);
 
+/// The ports the pool's processes hold (each replica's, while its process lives).
+fn held_ports(replicas: &BTreeMap<u32, Replica>) -> HashSet<u16> {
+    replicas
+        .values()
+        .filter(|r| r.child.is_some())
+        .map(|r| r.port)
+        .collect()
+}
+
 /// On its way out: signalled, or about to be.
 fn leaving(s: &State) -> bool {
     matches!(s, State::Stopping { .. } | State::Retiring { .. })
@@ -244,14 +253,9 @@ impl Pool {
         let spec = self.spec.clone();
         let health = spec.effective_health();
         let mut gone = Vec::new();
-        // Ports still held by a replica's process (after a change of base_port, an older
-        // replica may hold the port another is about to start on).
-        let held: HashSet<u16> = self
-            .replicas
-            .values()
-            .filter(|r| r.child.is_some())
-            .map(|r| r.port)
-            .collect();
+        // After a change of base_port, an older replica may hold the port another is
+        // about to start on.
+        let held = held_ports(&self.replicas);
         for r in self.replicas.values_mut() {
             if step(&self.sd, &spec, &health, &held, r, now) {
                 gone.push(r.index);
@@ -295,13 +299,7 @@ impl Pool {
             (Some(a), Some(scaler)) => {
                 if now >= self.next_sample {
                     self.next_sample = now + Duration::from_millis(500);
-                    let ports: HashSet<u16> = self
-                        .replicas
-                        .values()
-                        .filter(|r| r.child.is_some())
-                        .map(|r| r.port)
-                        .collect();
-                    self.in_flight = super::load::established(&ports);
+                    self.in_flight = super::load::established(&held_ports(&self.replicas));
                     scaler.step(
                         now,
                         self.in_flight as f64,
