@@ -374,6 +374,16 @@ resource "localdr_balancer" "lb" {{
   service = localdr_service.web.name
   retries = 0 # no retry hides a request sent to a replica that is gone
 }}
+data "localdr_service_status" "web" {{
+  name       = localdr_service.web.name
+  depends_on = [localdr_service.web]
+}}
+output "outdated" {{
+  value = data.localdr_service_status.web.outdated
+}}
+output "replicas_outdated" {{
+  value = [for r in data.localdr_service_status.web.replicas : r.outdated]
+}}
 "#,
         head = localdr_e2e::terraform_head(Some(sd)),
         w = env!("CARGO_BIN_EXE_localdr-test-worker"),
@@ -432,6 +442,11 @@ fn a_changed_pool_is_replaced_one_replica_at_a_time_without_failed_requests() {
         );
     }
     println!("FIGURE rolling replace of 3 replicas: apply took {took:.1?}");
+    assert_eq!(tf.output("outdated"), "0");
+    assert_eq!(
+        tf.output_json("replicas_outdated"),
+        serde_json::json!([false, false, false])
+    );
     std::thread::sleep(Duration::from_millis(300));
     load.finish_without_failures("during the rolling replace");
     tf.assert_empty_plan("after the rolling replace");

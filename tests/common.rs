@@ -183,6 +183,12 @@ impl Tf {
         r.stdout.trim().to_string()
     }
 
+    /// An output of any type, as JSON.
+    pub fn output_json(&self, name: &str) -> serde_json::Value {
+        let r = self.ok(&["output", "-json", name]);
+        serde_json::from_str(&r.stdout).expect("output -json")
+    }
+
     pub fn state_json(&self) -> serde_json::Value {
         let r = self.ok(&["show", "-json"]);
         serde_json::from_str(&r.stdout).expect("show -json")

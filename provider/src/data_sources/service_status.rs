@@ -26,6 +26,7 @@ pub struct Replica {
     pub health: S,
     pub restarts: N,
     pub last_exit: S,
+    pub outdated: Value<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -36,6 +37,7 @@ pub struct ServiceStatusState {
     pub desired: N,
     pub running: N,
     pub healthy: N,
+    pub outdated: N,
     pub reason: S,
     pub replicas: Value<Vec<Value<Replica>>>,
 }
@@ -64,6 +66,7 @@ impl DataSource for ServiceStatusSource {
             ("health", AttributeType::String),
             ("restarts", AttributeType::Number),
             ("last_exit", AttributeType::String),
+            ("outdated", AttributeType::Bool),
         ];
         Some(Schema {
             version: 1,
@@ -79,8 +82,9 @@ impl DataSource for ServiceStatusSource {
                     "desired" => number(Computed, "Replicas wanted now (after autoscaling and schedules)."),
                     "running" => number(Computed, "Replicas in state running."),
                     "healthy" => number(Computed, "Replicas running and healthy."),
+                    "outdated" => number(Computed, "Replicas still running an earlier spec's command or env: a rolling replace is under way (or stopped at a new replica that never became healthy)."),
                     "reason" => string(Computed, "Why the desired count is what it is."),
-                    "replicas" => object_list(&replica, "Every replica: index, port, pid (0 when none), state, health, restarts, last_exit.")
+                    "replicas" => object_list(&replica, "Every replica: index, port, pid (0 when none), state, health, restarts, last_exit, outdated.")
                 },
                 ..Default::default()
             },
@@ -113,6 +117,7 @@ impl DataSource for ServiceStatusSource {
             desired: v(0),
             running: v(0),
             healthy: v(0),
+            outdated: v(0),
             reason: v(String::new()),
             replicas: v(vec![]),
         };
@@ -121,6 +126,7 @@ impl DataSource for ServiceStatusSource {
             out.desired = v(st.desired as i64);
             out.running = v(reps.iter().filter(|r| r.state == "running").count() as i64);
             out.healthy = v(st.healthy() as i64);
+            out.outdated = v(st.outdated() as i64);
             out.reason = v(st.reason.clone());
             out.replicas = v(reps
                 .iter()
@@ -133,6 +139,7 @@ impl DataSource for ServiceStatusSource {
                         health: v(r.health.clone()),
                         restarts: v(r.restarts as i64),
                         last_exit: v(r.last_exit.clone().unwrap_or_default()),
+                        outdated: v(r.outdated),
                     })
                 })
                 .collect());
