@@ -497,7 +497,14 @@ pub fn free_port() -> u16 {
 /// where `bind(0)` would pick them but also where every outgoing connection takes its
 /// source port: a port found free there and released could be taken by any test's next
 /// connection before the server under test binds it (seen as "address in use" in CI).
+///
+/// A port is handed out once per process: tests run in parallel threads, and two of them
+/// drawing the same free port (each then binding it later) failed one with "address in
+/// use"; so did a test whose port another test's check bound for an instant. Cargo runs
+/// test binaries one after another, so the process is the scope that matters.
 pub fn free_ports(n: u16) -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
@@ -507,10 +514,11 @@ pub fn free_ports(n: u16) -> u16 {
     'outer: for _ in 0..1000 {
         let base = from + (random() % u64::from(to - from)) as u16;
         for p in base..base + n {
-            if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
+            if handed.contains(&p) || std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
                 continue 'outer;
             }
         }
+        handed.extend(base..base + n);
         return base;
     }
     panic!("no run of {n} free ports");
