@@ -471,6 +471,19 @@ impl Drop for Handle {
 }
 
 /// Start a balancer. Binding happens here, so a port in use is an error for the caller.
+/// A balancer's runtime until its thread takes it. `start` runs inside the agent's runtime,
+/// where dropping another runtime panics; on an error path (a listener that cannot be
+/// registered, a thread that cannot be spawned) this shuts it down without waiting instead.
+struct RuntimeGuard(Option<tokio::runtime::Runtime>);
+
+impl Drop for RuntimeGuard {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 pub fn start(spec: BalancerSpec, sd: Option<StateDir>) -> Result<Handle> {
     let listener = std::net::TcpListener::bind(&spec.listen)
         .with_context(|| format!("balancer {}: cannot listen on {}", spec.name, spec.listen))?;
@@ -505,12 +518,14 @@ pub fn start(spec: BalancerSpec, sd: Option<StateDir>) -> Result<Handle> {
     // before `start` returns, and a failure to get one is this call's error. Made in the
     // thread, it raced whatever the caller did next (a process at its descriptor limit saw
     // the balancer thread panic after a successful start).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .with_context(|| format!("balancer {}: cannot start its runtime", spec.name))?;
+    let mut rt = RuntimeGuard(Some(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .with_context(|| format!("balancer {}: cannot start its runtime", spec.name))?,
+    ));
     let (l, a) = {
-        let _entered = rt.enter();
+        let _entered = rt.0.as_ref().expect("just built").enter();
         (
             tokio::net::TcpListener::from_std(listener)?,
             tokio::net::TcpListener::from_std(admin)?,
@@ -521,6 +536,7 @@ pub fn start(spec: BalancerSpec, sd: Option<StateDir>) -> Result<Handle> {
     let thread = std::thread::Builder::new()
         .name(format!("lb-{}", lb.name))
         .spawn(move || {
+            let rt = rt.0.take().expect("handed over once");
             rt.block_on(async move {
                 let serve = serve(lb2.clone(), l, stop_rx.clone());
                 let adm = admin::serve(lb2.clone(), a, stop_rx.clone());
@@ -750,6 +766,27 @@ async fn probe(addr: &str, cfg: &BalancerSpec) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `start` runs inside the agent's runtime: a runtime dropped there panics, so its
+    /// error paths drop the balancer's runtime through `RuntimeGuard`, which does not.
+    #[test]
+    fn a_runtime_dropped_on_an_error_path_in_an_async_context_does_not_panic() {
+        let outer = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let new = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        outer.block_on(async {
+            let plain = new();
+            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(plain)));
+            assert!(dropped.is_err(), "the premise: a plain drop here panics");
+            drop(RuntimeGuard(Some(new())));
+        });
+    }
 
     #[test]
     fn request_ids_are_24_hex_digits_and_do_not_repeat() {
