@@ -43,14 +43,6 @@ fn spec(targets: &[(u16, u32)], backups: &[u16]) -> BalancerSpec {
     s
 }
 
-fn port_of(body: &str) -> u16 {
-    body.split("port=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn weights_spread_requests_exactly() {
     let ws: Vec<Worker> = (0..3).map(|_| worker(free_port())).collect();
@@ -63,7 +55,7 @@ fn weights_spread_requests_exactly() {
     for _ in 0..700 {
         let (code, body) = get(h.listen.port(), "/", "");
         assert_eq!(code, 200, "{body}");
-        *count.entry(port_of(&body)).or_insert(0) += 1;
+        *count.entry(localdr_e2e::worker_port(&body)).or_insert(0) += 1;
     }
     assert_eq!(count[&ws[0].port], 500, "{count:?}");
     assert_eq!(count[&ws[1].port], 100, "{count:?}");
@@ -157,8 +149,9 @@ fn failover_without_failed_requests_then_readmission_and_backup() {
         "FIGURE balancer: target re-admitted {:?} after it came back",
         start.elapsed()
     );
-    let seen: std::collections::HashSet<u16> =
-        (0..30).map(|_| port_of(&get(lb, "/", "").1)).collect();
+    let seen: std::collections::HashSet<u16> = (0..30)
+        .map(|_| localdr_e2e::worker_port(&get(lb, "/", "").1))
+        .collect();
     assert!(seen.contains(&ports[1]), "{seen:?}");
     assert!(
         !seen.contains(&backup.port),
@@ -172,7 +165,7 @@ fn failover_without_failed_requests_then_readmission_and_backup() {
     for _ in 0..50 {
         let (code, body) = get(lb, "/", "");
         assert_eq!(code, 200, "{body}");
-        if port_of(&body) == backup.port {
+        if localdr_e2e::worker_port(&body) == backup.port {
             served_by_backup += 1;
         }
     }

@@ -18,14 +18,6 @@ fn get(port: u16) -> Option<String> {
     out.starts_with("HTTP/1.1 200").then_some(out)
 }
 
-fn port_of(body: &str) -> u16 {
-    body.split("port=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A GET every 5 ms through the balancer, never retried by the client, until finished.
 struct SteadyLoad {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -146,7 +138,7 @@ fn balancer_in_front_of_a_pool(v: TfVersion) {
     let mut n = std::collections::HashMap::new();
     for _ in 0..500 {
         let body = get(listen).expect("a request through the balancer failed");
-        *n.entry(port_of(&body)).or_insert(0) += 1;
+        *n.entry(localdr_e2e::worker_port(&body)).or_insert(0) += 1;
     }
     assert_eq!(
         (n[&base], n[&(base + 1)], n[&(base + 2)]),
@@ -196,8 +188,9 @@ fn balancer_in_front_of_a_pool(v: TfVersion) {
     )
     .unwrap();
     tf.apply();
-    let seen: std::collections::HashSet<u16> =
-        (0..30).map(|_| port_of(&get(listen).unwrap())).collect();
+    let seen: std::collections::HashSet<u16> = (0..30)
+        .map(|_| localdr_e2e::worker_port(&get(listen).unwrap()))
+        .collect();
     assert_eq!(seen.len(), 3, "{seen:?}");
     tf.assert_empty_plan("following the service");
 
@@ -281,8 +274,9 @@ fn backup_service_takes_over_when_the_pool_is_gone() {
     assert_eq!(j["drain_timeout"], "5s");
 
     // The primaries take every request while they run.
-    let seen: std::collections::HashSet<u16> =
-        (0..30).map(|_| port_of(&get(listen).unwrap())).collect();
+    let seen: std::collections::HashSet<u16> = (0..30)
+        .map(|_| localdr_e2e::worker_port(&get(listen).unwrap()))
+        .collect();
     assert_eq!(seen, [base, base + 1].into_iter().collect(), "{seen:?}");
 
     // Requests all along, through both changes of the pool: none may fail. A replica
@@ -326,7 +320,7 @@ fn backup_service_takes_over_when_the_pool_is_gone() {
     }
     for _ in 0..20 {
         let body = get(listen).expect("a request failed after the failover");
-        assert_eq!(port_of(&body), standby);
+        assert_eq!(localdr_e2e::worker_port(&body), standby);
     }
     tf.assert_empty_plan("after scaling the pool to zero");
     // The replicas scaled away are stopped (a moment after they left the running set).
@@ -347,7 +341,7 @@ fn backup_service_takes_over_when_the_pool_is_gone() {
     .unwrap();
     tf.apply();
     let start = std::time::Instant::now();
-    while get(listen).is_none_or(|b| port_of(&b) == standby) {
+    while get(listen).is_none_or(|b| localdr_e2e::worker_port(&b) == standby) {
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "the primaries never came back"
@@ -390,15 +384,6 @@ output "replicas_outdated" {{
     )
 }
 
-/// The pid in a worker's answer to `GET /`.
-fn pid_of(body: &str) -> u32 {
-    body.split("pid=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A changed process setting (here `env`) replaces a pool's replicas one at a time behind
 /// its balancer: apply returns once every replica runs the new settings, and a request
 /// every 5 ms, never retried, sees no failure.
@@ -415,7 +400,7 @@ fn a_changed_pool_is_replaced_one_replica_at_a_time_without_failed_requests() {
     let pids = |ports: &[u16]| -> std::collections::BTreeMap<u16, u32> {
         ports
             .iter()
-            .map(|&p| (p, get(p).map(|b| pid_of(&b)).unwrap_or(0)))
+            .map(|&p| (p, get(p).map(|b| localdr_e2e::worker_pid(&b)).unwrap_or(0)))
             .collect()
     };
     let ports = [base, base + 1, base + 2];

@@ -487,6 +487,24 @@ pub fn http_get(port: u16, path: &str, extra: &str) -> String {
     out
 }
 
+/// The port in the test worker's answer to `GET /` (`port=<p> pid=<n>`); 0 when absent.
+pub fn worker_port(body: &str) -> u16 {
+    worker_field(body, "port=") as u16
+}
+
+/// The pid in the test worker's answer to `GET /`; 0 when absent.
+pub fn worker_pid(body: &str) -> u32 {
+    worker_field(body, "pid=") as u32
+}
+
+fn worker_field(body: &str, key: &str) -> u64 {
+    body.split(key)
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn free_port() -> u16 {
     free_ports(1)
 }

@@ -124,7 +124,7 @@ impl DataSource for ServiceStatusSource {
         if let Some(st) = st {
             let reps = &st.replicas;
             out.desired = v(st.desired as i64);
-            out.running = v(reps.iter().filter(|r| r.state == "running").count() as i64);
+            out.running = v(st.running() as i64);
             out.healthy = v(st.healthy() as i64);
             out.outdated = v(st.outdated() as i64);
             out.reason = v(st.reason.clone());

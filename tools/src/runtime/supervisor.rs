@@ -221,13 +221,7 @@ impl Pool {
         if let Some(r) = next {
             tracing::info!(service = %self.spec.name, replica = r.index, "rolling replace: replacing");
             r.rolled = true;
-            r.after = Some(After::Replace);
-            r.state = State::Retiring {
-                signal_at: now + RETIRE_DELAY,
-            };
-            if let Some(p) = r.probe.take() {
-                p.abort();
-            }
+            retire(r, After::Replace, now);
         }
     }
 
@@ -382,13 +376,7 @@ impl Pool {
                 return false;
             }
             if !leaving(&r.state) {
-                r.after = Some(After::Retire);
-                r.state = State::Retiring {
-                    signal_at: now + RETIRE_DELAY,
-                };
-                if let Some(p) = r.probe.take() {
-                    p.abort();
-                }
+                retire(r, After::Retire, now);
             }
             true
         });
@@ -488,6 +476,18 @@ fn log_event(sd: &StateDir, service: &str, kind: &str, detail: String) {
             detail,
         },
     );
+}
+
+/// Take a replica out of the running set now and signal it [`RETIRE_DELAY`] later, so a
+/// balancer following the pool stops sending it requests first.
+fn retire(r: &mut Replica, after: After, now: Instant) {
+    r.after = Some(after);
+    r.state = State::Retiring {
+        signal_at: now + RETIRE_DELAY,
+    };
+    if let Some(p) = r.probe.take() {
+        p.abort();
+    }
 }
 
 /// Send the stop signal to a replica's process group; SIGKILL follows at the deadline.

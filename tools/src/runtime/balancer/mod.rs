@@ -322,6 +322,12 @@ impl Balancer {
         self.retry_budget.allows_retry(now)
     }
 
+    /// A retry is being made: the metric and the budget.
+    pub fn count_retry(&self, now: Instant) {
+        self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        self.retry_budget.record_retry(now);
+    }
+
     /// The request id header and whether answers carry it.
     pub fn correlation(&self) -> Arc<Correlation> {
         self.correlation.load_full()

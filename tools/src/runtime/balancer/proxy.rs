@@ -584,8 +584,7 @@ pub async fn handle(
             return Ok(r);
         }
         retries += 1;
-        lb.metrics.retries.fetch_add(1, Ordering::Relaxed);
-        lb.retry_budget.record_retry(Instant::now());
+        lb.count_retry(Instant::now());
         // Jittered backoff: 0–(10 ms × attempt), so retries do not arrive in lockstep.
         let jitter = (lb.next_jitter() % 10 + 1) * retries as u64;
         tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
