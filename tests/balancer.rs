@@ -178,9 +178,10 @@ fn rate_limit_answers_429_with_retry_after() {
     let w = worker(free_port());
     let mut s = spec(&[(w.port, 1)], &[]);
     s.rate_limit = Some(RateLimit {
-        requests_per_minute: 100,
-        burst: 5,
+        requests_per_minute: Some(100),
+        burst: Some(5),
         by: "ip".into(),
+        ..Default::default()
     });
     let h = balancer::start(s, None).unwrap();
     let codes: Vec<u16> = (0..6).map(|_| get(h.listen.port(), "/", "").0).collect();
@@ -188,6 +189,7 @@ fn rate_limit_answers_429_with_retry_after() {
     let (code, r) = get(h.listen.port(), "/", "");
     assert_eq!(code, 429);
     assert!(r.to_ascii_lowercase().contains("retry-after: 1"), "{r}");
+    assert!(r.contains("rate limit exceeded: 100 per minute"), "{r}");
     h.stop();
 }
 

@@ -831,6 +831,29 @@ resource "localdr_balancer" "d" {{
   service        = "web"
   backup_service = "web"
 }}
+resource "localdr_balancer" "e" {{
+  name = "e"
+  target {{
+    address = "127.0.0.1:1"
+  }}
+  rate_limit {{
+    minute              = 10
+    requests_per_minute = 10
+    burst               = 0
+    limit_by            = "header"
+  }}
+}}
+resource "localdr_balancer" "f" {{
+  name = "f"
+  target {{
+    address = "127.0.0.1:1"
+  }}
+  rate_limit {{
+    limit_by    = "ip"
+    header_name = "X Key"
+    by          = "cookie"
+  }}
+}}
 resource "localdr_balancer" "c" {{
   name   = "c"
   mode   = "queue"
@@ -865,7 +888,135 @@ resource "localdr_balancer" "c" {{
         "backup_service \"web\" is also `service`",
         "incoming_dir must be an absolute path",
         "with localdr_balancer.c, on main.tf",
+        "minute and requests_per_minute are the same limit",
+        "burst must be 1 or more; got 0",
+        "limit_by = \"header\" needs header_name",
+        "rate_limit needs at least one limit: requests_per_minute (or minute), second or hour",
+        "header_name is only used with limit_by = \"header\"",
+        "by and limit_by/header_name say the same thing",
+        "rate_limit.by must be \"ip\" or \"header:<name>\"; got \"cookie\"",
     ] {
         assert!(flat.contains(want), "missing {want:?} in {flat}");
     }
+}
+
+/// Status, `Retry-After` and body of one GET through the balancer with `extra` headers.
+fn limited_get(port: u16, extra: &str) -> (u16, u64, String) {
+    let r = localdr_e2e::http_get(port, "/", extra);
+    let code = r.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let retry_after = r
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (code, retry_after, r)
+}
+
+fn rate_limited(sd: &Path, listen: u16, target: u16, rate_limit: &str) -> String {
+    format!(
+        r#"
+{head}resource "localdr_balancer" "rl" {{
+  name   = "rl"
+  listen = "127.0.0.1:{listen}"
+  target {{
+    address = "127.0.0.1:{target}"
+  }}
+  rate_limit {{
+{rate_limit}
+  }}
+}}
+"#,
+        head = localdr_e2e::terraform_head(Some(sd)),
+    )
+}
+
+/// Kong's rate-limit shape from HCL: per-second and per-hour limits counted by a header,
+/// a client without the header counted by its IP, a hand edit of a limit is drift, and
+/// the issue's `requests_per_minute` form plans empty too.
+#[test]
+fn kong_style_rate_limits_counted_by_a_header() {
+    let worker = localdr_e2e::Worker::start(env!("CARGO_BIN_EXE_localdr-test-worker"), free_port());
+    let listen = free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = tmp.path().join("state");
+    let kong = "    second      = 2\n    hour        = 5\n    limit_by    = \"header\"\n    header_name = \"X-Api-Key\"";
+    let tf = Tf::new(
+        TfVersion::New,
+        &rate_limited(&sd, listen, worker.port, kong),
+    );
+    let _cleanup = Cleanup(sd.clone());
+    tf.init();
+    tf.apply();
+    tf.assert_empty_plan("after creating a Kong-style rate limit");
+    assert_eq!(
+        spec_json(&sd, "rl")["rate_limit"],
+        serde_json::json!({ "per_second": 2, "per_hour": 5, "by": "header:X-Api-Key" })
+    );
+
+    // Client "a": three at once meet the per-second limit; waiting it out, five in all
+    // meet the hourly one, whose Retry-After is the ~12 minutes to its next token.
+    let (mut served, mut per_second, mut last) = (0, 0, None);
+    for _ in 0..40 {
+        let (code, retry_after, r) = limited_get(listen, "X-Api-Key: a\r\n");
+        match code {
+            200 => served += 1,
+            429 if r.contains("rate limit exceeded: 2 per second") => {
+                assert_eq!(retry_after, 1, "{r}");
+                per_second += 1;
+                std::thread::sleep(Duration::from_millis(1100));
+            }
+            429 => {
+                last = Some((retry_after, r));
+                break;
+            }
+            _ => panic!("unexpected answer: {r}"),
+        }
+    }
+    let (retry_after, r) = last.expect("the hourly limit never refused");
+    assert!(r.contains("rate limit exceeded: 5 per hour"), "{r}");
+    assert!(
+        (600..=720).contains(&retry_after),
+        "Retry-After {retry_after}: {r}"
+    );
+    assert_eq!(served, 5, "the hourly limit admits five");
+    assert!(
+        per_second > 0,
+        "three requests at once never met the per-second limit"
+    );
+    // Other clients have buckets of their own: another key, and no key at all (its IP).
+    assert_eq!(limited_get(listen, "X-Api-Key: b\r\n").0, 200);
+    assert_eq!(limited_get(listen, "").0, 200);
+
+    // A hand edit of a limit in the spec is drift, repaired by apply.
+    let mut e = spec_json(&sd, "rl");
+    e["rate_limit"]["per_hour"] = 500.into();
+    std::fs::write(
+        sd.join("balancers/rl.json"),
+        serde_json::to_vec(&e).unwrap(),
+    )
+    .unwrap();
+    let p = tf.plan();
+    assert_eq!(p.code, 2, "{}", p.all());
+    assert!(p.stdout.contains("500 -> 5"), "{}", p.stdout);
+    tf.apply();
+    tf.assert_empty_plan("after repairing the rate limit");
+
+    // The issue's spelling of a per-minute limit: burst defaults to a sixth of it.
+    let issue = "    requests_per_minute = 120\n    by                  = \"header:X-Api-Key\"";
+    std::fs::write(
+        tf.path().join("main.tf"),
+        rate_limited(&sd, listen, worker.port, issue),
+    )
+    .unwrap();
+    tf.apply();
+    tf.assert_empty_plan("after switching to requests_per_minute");
+    assert_eq!(
+        spec_json(&sd, "rl")["rate_limit"],
+        serde_json::json!({ "requests_per_minute": 120, "burst": 20, "by": "header:X-Api-Key" })
+    );
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
 }

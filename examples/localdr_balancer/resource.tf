@@ -90,7 +90,8 @@ resource "localdr_balancer" "web" {
   rate_limit {
     requests_per_minute = 600
     burst               = 100
-    by                  = "ip" # or "header:X-Api-Key"
+    by                  = "ip"  # or "header:X-Api-Key"
+    hour                = 20000 # limits combine: a request must fit each
   }
 }
 
@@ -109,6 +110,14 @@ resource "localdr_balancer" "api" {
   }
   backup_target {
     address = "127.0.0.1:9200"
+  }
+
+  # Kong's rate-limiting shape: counted per API key; a client without one, by its IP.
+  rate_limit {
+    second      = 10
+    hour        = 10000
+    limit_by    = "header"
+    header_name = "X-Api-Key"
   }
 }
 

@@ -746,12 +746,43 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Per-client limits, Kong's rate-limiting shape: any of a per-second, per-minute and
+/// per-hour limit, each its own token bucket; a request must fit all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct RateLimit {
-    pub requests_per_minute: u32,
-    pub burst: u32,
-    /// `ip` or `header:<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_second: Option<u32>,
+    /// HCL `requests_per_minute` (issue 4's name) or `minute` (Kong's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_hour: Option<u32>,
+    /// Depth of the per-minute bucket: how many requests a client may make at once
+    /// (default: the whole minute's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// `ip` or `header:<name>` (a client without that header is counted by its IP).
     pub by: String,
+}
+
+impl RateLimit {
+    /// The header clients are counted by (`by = "header:<name>"`), or why it cannot be one.
+    pub fn key_header(&self) -> Result<Option<hyper::header::HeaderName>, String> {
+        match self.by.strip_prefix("header:") {
+            None if self.by == "ip" => Ok(None),
+            None => Err(format!(
+                "rate_limit.by must be \"ip\" or \"header:<name>\"; got {:?}",
+                self.by
+            )),
+            Some(name) => hyper::header::HeaderName::from_bytes(name.as_bytes())
+                .map(Some)
+                .map_err(|_| {
+                    format!(
+                        "rate limit header {name:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+                    )
+                }),
+        }
+    }
 }
 
 /// What the agent publishes for a balancer.
@@ -817,6 +848,30 @@ pub struct AgentInfo {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// A spec written before the per-second and per-hour limits still reads the same, and
+    /// writes back byte for byte (its hash, which drift compares, does not change).
+    #[test]
+    fn an_older_rate_limit_reads_and_writes_back_unchanged() {
+        let old = r#"{"requests_per_minute":100,"burst":5,"by":"ip"}"#;
+        let r: RateLimit = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (r.per_second, r.requests_per_minute, r.per_hour, r.burst),
+            (None, Some(100), None, Some(5))
+        );
+        assert_eq!(serde_json::to_string(&r).unwrap(), old);
+        assert!(r.key_header().unwrap().is_none());
+        let by = |s: &str| RateLimit {
+            by: s.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            by("header:X-Api-Key").key_header().unwrap().unwrap(),
+            "x-api-key"
+        );
+        assert!(by("header:bad name").key_header().is_err());
+        assert!(by("cookie").key_header().is_err());
+    }
 
     /// A valid spec for tests to change.
     pub fn spec() -> ServiceSpec {

@@ -9,12 +9,13 @@
 use super::balancer_blocks::{
     self as blocks, CircuitBreakerBlock, HealthchecksBlock, QueueBlock, TimeoutsBlock,
 };
+use super::balancer_rate_limit::{self as rate_limit, RateLimitBlock};
 use super::util::{blocking, fill, known, v};
 use crate::provider::Shared;
 use crate::schema::{boolean, number, string};
 use async_trait::async_trait;
 use localdr::runtime::control::{self, AgentMode};
-use localdr::spec::{self, BalancerSpec, RateLimit, Target};
+use localdr::spec::{self, BalancerSpec, Target};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,13 +37,6 @@ const MODES: [&str; 2] = ["http", "queue"];
 pub struct TargetBlock {
     pub address: S,
     pub weight: N,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
-pub struct RateLimitBlock {
-    pub requests_per_minute: N,
-    pub burst: N,
-    pub by: S,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -141,11 +135,7 @@ fn apply_defaults(s: &mut BalancerState, state_dir: &std::path::Path) {
             }
         }
     }
-    if let Value::Value(r) = &mut s.rate_limit {
-        let rpm = known(&r.requests_per_minute).unwrap_or(60);
-        fill(&mut r.burst, (rpm / 6).max(1));
-        fill(&mut r.by, "ip".into());
-    }
+    rate_limit::defaults(&mut s.rate_limit);
 }
 
 fn targets(l: &Value<Vec<Value<TargetBlock>>>) -> Result<Vec<Target>, String> {
@@ -179,16 +169,7 @@ fn to_spec(s: &BalancerState) -> Result<BalancerSpec, String> {
             .map_err(|_| "retries must be 0 or more")?,
         timeouts: blocks::timeouts(&s.timeouts),
         correlation_id: blocks::correlation(&s.correlation_id),
-        rate_limit: match &s.rate_limit {
-            Value::Value(r) => Some(RateLimit {
-                requests_per_minute: u32::try_from(known(&r.requests_per_minute).unwrap_or(60))
-                    .map_err(|_| "requests_per_minute must be positive")?,
-                burst: u32::try_from(known(&r.burst).unwrap_or(10))
-                    .map_err(|_| "burst must be positive")?,
-                by: known(&r.by).unwrap_or_else(|| "ip".into()),
-            }),
-            _ => None,
-        },
+        rate_limit: rate_limit::to_spec(&s.rate_limit)?,
         admin_listen: k(&s.admin_listen, "admin_listen")?,
         mode: known(&s.mode).unwrap_or_else(|| "http".into()),
         queue: blocks::queue(&s.queue)?,
@@ -223,14 +204,7 @@ fn from_spec(state: &mut BalancerState, sp: &BalancerSpec) {
     state.backup_target = tl(&sp.backup_targets, &state.backup_target);
     state.algorithm = v(sp.algorithm.clone());
     state.retries = v(sp.retries as i64);
-    state.rate_limit = match &sp.rate_limit {
-        None => Value::Null,
-        Some(r) => v(RateLimitBlock {
-            requests_per_minute: v(r.requests_per_minute as i64),
-            burst: v(r.burst as i64),
-            by: v(r.by.clone()),
-        }),
-    };
+    state.rate_limit = rate_limit::from_spec(&state.rate_limit, sp.rate_limit.as_ref());
     state.mode = v(sp.mode.clone());
     state.slow_start = v(sp.slow_start.clone());
     state.access_log = v(sp.access_log);
@@ -395,32 +369,7 @@ fn check_config(diags: &mut Diagnostics, c: &BalancerState) {
             );
         }
     }
-    if let Value::Value(r) = &c.rate_limit {
-        let at = AttributePath::new("rate_limit").index(0);
-        for (k, x) in [
-            ("requests_per_minute", &r.requests_per_minute),
-            ("burst", &r.burst),
-        ] {
-            if let Value::Value(n) = x {
-                if *n < 1 {
-                    diags.error(
-                        format!("Invalid {k}"),
-                        format!("{k} must be 1 or more; got {n}."),
-                        at.clone().attribute(k),
-                    );
-                }
-            }
-        }
-        if let Value::Value(by) = &r.by {
-            if by != "ip" && !by.starts_with("header:") {
-                diags.error(
-                    "Invalid by",
-                    format!("by must be \"ip\" or \"header:<name>\"; got {by:?}."),
-                    at.attribute("by"),
-                );
-            }
-        }
-    }
+    rate_limit::check(diags, &c.rate_limit);
 }
 
 impl BalancerResource {
@@ -552,16 +501,7 @@ impl Resource for BalancerResource {
                 blocks: with_tuning_blocks(map! {
                     "target" => NestedBlock::List(target_block("A target.")),
                     "backup_target" => NestedBlock::List(target_block("Used only when every primary target is down.")),
-                    "rate_limit" => NestedBlock::Optional(Block {
-                        version: 1,
-                        description: Description::plain("Per-client token bucket: over the limit, 429 with Retry-After."),
-                        attributes: map! {
-                            "requests_per_minute" => number(Required, "Sustained rate per client."),
-                            "burst" => number(OptionalComputed, "Requests a client may make at once. Default requests_per_minute / 6."),
-                            "by" => string(OptionalComputed, "`ip` (default) or `header:<name>`.")
-                        },
-                        ..Default::default()
-                    })
+                    "rate_limit" => rate_limit::schema()
                 }),
                 ..Default::default()
             },

@@ -114,11 +114,7 @@ impl Balancer {
         let lb = Arc::new(Balancer {
             name: spec.name.clone(),
             picker: ArcSwap::from_pointee(Picker::new(&spec.algorithm)),
-            limiter: ArcSwap::from_pointee(
-                spec.rate_limit
-                    .as_ref()
-                    .map(|r| RateLimiter::new(r.requests_per_minute, r.burst)),
-            ),
+            limiter: ArcSwap::from_pointee(spec.rate_limit.as_ref().map(RateLimiter::new)),
             targets: ArcSwap::from_pointee(Vec::new()),
             cfg: ArcSwap::from_pointee(spec.clone()),
             metrics: Metrics::default(),
@@ -159,11 +155,8 @@ impl Balancer {
             self.picker.store(Arc::new(Picker::new(&spec.algorithm)));
         }
         if old.rate_limit != spec.rate_limit {
-            self.limiter.store(Arc::new(
-                spec.rate_limit
-                    .as_ref()
-                    .map(|r| RateLimiter::new(r.requests_per_minute, r.burst)),
-            ));
+            self.limiter
+                .store(Arc::new(spec.rate_limit.as_ref().map(RateLimiter::new)));
         }
         self.set_targets(&spec, followed);
         if old.correlation_id != spec.correlation_id {

@@ -317,21 +317,14 @@ pub async fn handle(
             .as_ref()
             .as_ref()
             .expect("limiter() only returns a set limiter");
-        let key = match cfg.rate_limit.as_ref().map(|r| r.by.as_str()) {
-            Some(by) if by.starts_with("header:") => req
-                .headers()
-                .get(&by["header:".len()..])
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string(),
-            _ => peer.ip().to_string(),
-        };
-        if let Err(wait) = rl.check(&key, start) {
+        if let Err(no) = rl.check(&rl.key(req.headers(), peer.ip()), start) {
             lb.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-            let mut r = simple(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let mut r = simple(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("rate limit exceeded: {} per {}", no.limit, no.unit),
+            );
             r.headers_mut()
-                .insert("retry-after", HeaderValue::from(secs));
+                .insert("retry-after", HeaderValue::from(no.retry_after()));
             echo(r.headers_mut(), &rid);
             lb.finish(request_id, &peer, "-", 429, start, 0);
             return Ok(r);

@@ -1,47 +1,145 @@
-//! Per-client rate limiting: a token bucket per key (client IP or a header), refilled at
-//! `requests_per_minute / 60` per second up to `burst`. Over the limit: how long until the
-//! next token, for `Retry-After`.
+//! Per-client rate limiting, Kong's rate-limiting plugin in shape (`second`, `minute`,
+//! `hour`, counted by client IP or by a header) but with token buckets rather than Kong's
+//! fixed windows, so a client cannot get twice its limit by straddling a window edge.
+//!
+//! Each limit is a bucket as deep as the limit (the minute's can be made shallower with
+//! `burst`) refilled evenly over its window; a request must find a token in every bucket.
+//! A refused request takes no token from any of them, so a client hammering its per-second
+//! limit does not also spend its hourly allowance. Over the limit, the answer says how long
+//! until the next token of the bucket that refused longest, for `Retry-After`.
 
+use crate::spec::RateLimit;
+use hyper::header::{HeaderMap, HeaderName};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub struct RateLimiter {
+/// Clients remembered before full (idle) buckets are forgotten: memory stays bounded
+/// however many addresses or header values turn up.
+const MAX_CLIENTS: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    limit: u32,
+    unit: &'static str,
     per_sec: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    depth: f64,
+}
+
+/// Why a request was refused: the limit it ran into and how long until it admits one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub wait: Duration,
+    pub limit: u32,
+    /// `second`, `minute` or `hour`.
+    pub unit: &'static str,
+}
+
+impl Refusal {
+    /// Whole seconds for `Retry-After`, never 0 (a client told 0 would retry at once).
+    pub fn retry_after(&self) -> u64 {
+        self.wait.as_secs_f64().ceil().max(1.0) as u64
+    }
+}
+
+pub struct RateLimiter {
+    windows: Vec<Window>,
+    /// `None`: by client IP.
+    header: Option<HeaderName>,
+    /// Tokens left per window (same order as `windows`) and when they were counted.
+    buckets: Mutex<HashMap<String, ([f64; 3], Instant)>>,
 }
 
 impl RateLimiter {
-    pub fn new(requests_per_minute: u32, burst: u32) -> RateLimiter {
+    /// A limiter for `r`. A header name that cannot be one (a hand-edited spec; the
+    /// provider refuses it at plan) counts clients by IP rather than failing requests.
+    pub fn new(r: &RateLimit) -> RateLimiter {
+        let mut windows = Vec::new();
+        let mut add = |limit: Option<u32>, secs: f64, depth: Option<u32>, unit| {
+            if let Some(limit) = limit.filter(|n| *n > 0) {
+                windows.push(Window {
+                    limit,
+                    unit,
+                    per_sec: limit as f64 / secs,
+                    depth: depth.unwrap_or(limit).max(1) as f64,
+                });
+            }
+        };
+        add(r.per_second, 1.0, None, "second");
+        add(r.requests_per_minute, 60.0, r.burst, "minute");
+        add(r.per_hour, 3600.0, None, "hour");
         RateLimiter {
-            per_sec: requests_per_minute as f64 / 60.0,
-            burst: burst.max(1) as f64,
+            windows,
+            header: r.key_header().ok().flatten(),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// `Ok` to serve; `Err(wait)` when the client must wait.
-    pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
+    /// The key a request is counted under: its header's value, or its IP when counting by
+    /// IP or when the header is absent (Kong's fallback; otherwise every client without
+    /// the header would share, and exhaust, one bucket).
+    pub fn key(&self, headers: &HeaderMap, ip: IpAddr) -> String {
+        match self
+            .header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(v) => format!("h:{v}"),
+            None => format!("ip:{ip}"),
+        }
+    }
+
+    /// `Ok` to serve; `Err` when the client must wait.
+    pub fn check(&self, key: &str, now: Instant) -> Result<(), Refusal> {
+        let full = self.full();
         let mut b = self.buckets.lock().expect("rate lock");
-        if b.len() > 100_000 {
-            // Forget idle clients (full buckets) so memory stays bounded.
-            let (per_sec, burst) = (self.per_sec, self.burst);
-            b.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * per_sec < burst
-            });
+        if b.len() > MAX_CLIENTS {
+            b.retain(|_, (tokens, at)| !self.refill(tokens, *at, now).eq(&full));
         }
-        let (tokens, at) = b.entry(key.to_string()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
+        let (tokens, at) = b.entry(key.to_string()).or_insert((full, now));
+        *tokens = self.refill(tokens, *at, now);
         *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - *tokens) / self.per_sec.max(1e-9),
-            ))
+        let mut refusal: Option<Refusal> = None;
+        for (w, t) in self.windows.iter().zip(tokens.iter()) {
+            if *t < 1.0 {
+                let wait = Duration::from_secs_f64((1.0 - t) / w.per_sec);
+                if refusal.as_ref().is_none_or(|r| wait > r.wait) {
+                    refusal = Some(Refusal {
+                        wait,
+                        limit: w.limit,
+                        unit: w.unit,
+                    });
+                }
+            }
         }
+        match refusal {
+            Some(r) => Err(r),
+            None => {
+                for t in tokens.iter_mut().take(self.windows.len()) {
+                    *t -= 1.0;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn full(&self) -> [f64; 3] {
+        let mut f = [0.0; 3];
+        for (slot, w) in f.iter_mut().zip(&self.windows) {
+            *slot = w.depth;
+        }
+        f
+    }
+
+    fn refill(&self, tokens: &[f64; 3], at: Instant, now: Instant) -> [f64; 3] {
+        let dt = now.saturating_duration_since(at).as_secs_f64();
+        let mut out = *tokens;
+        for (t, w) in out.iter_mut().zip(&self.windows) {
+            *t = (*t + dt * w.per_sec).min(w.depth);
+        }
+        out
     }
 }
 
@@ -49,16 +147,113 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    fn limiter(second: Option<u32>, minute: Option<u32>, hour: Option<u32>) -> RateLimiter {
+        RateLimiter::new(&RateLimit {
+            per_second: second,
+            requests_per_minute: minute,
+            per_hour: hour,
+            burst: None,
+            by: "ip".into(),
+        })
+    }
+
     #[test]
     fn burst_then_limit_then_refill() {
-        let r = RateLimiter::new(60, 3);
+        let r = RateLimiter::new(&RateLimit {
+            requests_per_minute: Some(60),
+            burst: Some(3),
+            by: "ip".into(),
+            ..Default::default()
+        });
         let t = Instant::now();
         for _ in 0..3 {
             assert!(r.check("a", t).is_ok());
         }
-        let wait = r.check("a", t).unwrap_err();
-        assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO);
+        let no = r.check("a", t).unwrap_err();
+        assert!(no.wait <= Duration::from_secs(1) && no.wait > Duration::ZERO);
+        assert_eq!((no.limit, no.unit, no.retry_after()), (60, "minute", 1));
         assert!(r.check("b", t).is_ok(), "clients are limited separately");
         assert!(r.check("a", t + Duration::from_millis(1001)).is_ok());
+    }
+
+    #[test]
+    fn every_window_must_admit_and_the_longest_wait_is_reported() {
+        let r = limiter(Some(2), None, Some(5));
+        let t = Instant::now();
+        let mut served = 0;
+        let mut per_second_refusals = 0;
+        // Ten seconds of a client sending as fast as it can, ten requests a second.
+        for i in 0..100 {
+            match r.check("a", t + Duration::from_millis(i * 100)) {
+                Ok(()) => served += 1,
+                Err(no) if no.unit == "second" => {
+                    per_second_refusals += 1;
+                    assert_eq!(no.retry_after(), 1);
+                }
+                Err(no) => {
+                    assert_eq!((no.unit, no.limit), ("hour", 5));
+                    // 1 token at 5 per 3600 s: about 12 minutes.
+                    assert!(no.retry_after() > 600, "{no:?}");
+                }
+            }
+        }
+        assert_eq!(served, 5, "the hourly limit caps the total");
+        assert!(per_second_refusals > 0, "the per-second limit refused too");
+    }
+
+    #[test]
+    fn a_refused_request_spends_no_token_of_another_window() {
+        let r = limiter(Some(1), None, Some(3));
+        let t = Instant::now();
+        assert!(r.check("a", t).is_ok());
+        // Hammering the per-second limit must not drain the hourly bucket.
+        for i in 1..=50 {
+            let no = r.check("a", t + Duration::from_millis(i * 10)).unwrap_err();
+            assert_eq!(no.unit, "second");
+        }
+        assert!(r.check("a", t + Duration::from_millis(1600)).is_ok());
+        assert!(r.check("a", t + Duration::from_millis(2700)).is_ok());
+        assert_eq!(
+            r.check("a", t + Duration::from_millis(3800))
+                .unwrap_err()
+                .unit,
+            "hour"
+        );
+    }
+
+    #[test]
+    fn a_header_counts_clients_and_its_absence_falls_back_to_the_ip() {
+        let r = RateLimiter::new(&RateLimit {
+            per_second: Some(1),
+            by: "header:X-Api-Key".into(),
+            ..Default::default()
+        });
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(r.key(&h, ip), "ip:127.0.0.1");
+        h.insert("x-api-key", "k1".parse().unwrap());
+        assert_eq!(r.key(&h, ip), "h:k1");
+        // A header value that looks like an address is still a different client.
+        h.insert("x-api-key", "ip:127.0.0.1".parse().unwrap());
+        assert_ne!(r.key(&h, ip), r.key(&HeaderMap::new(), ip));
+    }
+
+    #[test]
+    fn no_limit_set_admits_everything() {
+        let r = limiter(None, None, None);
+        let t = Instant::now();
+        assert!((0..1000).all(|_| r.check("a", t).is_ok()));
+    }
+
+    #[test]
+    fn idle_clients_are_forgotten_when_there_are_too_many() {
+        let r = limiter(Some(1), None, None);
+        let t = Instant::now();
+        for i in 0..=MAX_CLIENTS {
+            r.check(&i.to_string(), t).unwrap();
+        }
+        // Two seconds later every bucket is full again: all of them may go.
+        r.check("new", t + Duration::from_secs(2)).unwrap();
+        assert_eq!(r.buckets.lock().unwrap().len(), 1);
     }
 }
