@@ -330,6 +330,31 @@ terraform {
 }"#,
             &["Invalid name", "name  = \"a/b\""],
         ),
+        (
+            "unknown schedule time zone",
+            r#"resource "localdr_backup" "x" {
+  name              = "x"
+  path              = "${path.module}/data"
+  vault             = "${path.module}/vault"
+  schedule          = "0 3 * * *"
+  schedule_timezone = "Mars/Olympus"
+}"#,
+            &[
+                "Invalid schedule_timezone",
+                "unknown time zone \"Mars/Olympus\"",
+                "schedule_timezone = \"Mars/Olympus\"",
+            ],
+        ),
+        (
+            "time zone without a schedule",
+            r#"resource "localdr_backup" "x" {
+  name              = "x"
+  path              = "${path.module}/data"
+  vault             = "${path.module}/vault"
+  schedule_timezone = "Europe/Madrid"
+}"#,
+            &["schedule_timezone without a schedule"],
+        ),
     ];
     // One init, then swap main.tf per case (same provider requirements).
     let tf = Tf::new(v, &format!("{header}\n{}", cases[0].1));
@@ -591,6 +616,39 @@ fn scheduled_backups_run_in_the_agent_with_retention() {
     assert!(l.stdout.contains("schedule"), "{}", l.stdout);
     let s = localdr(&["status", "--state-dir", sd.to_str().unwrap()]);
     assert!(s.stdout.contains("backup data: next run"), "{}", s.stdout);
+
+    // A daily 03:00 read in New York: the agent's next run is 03:00 there, which is 08:00
+    // UTC in winter (EST) and 07:00 in summer (EDT); the plan after it is empty.
+    let main = std::fs::read_to_string(d.join("main.tf")).unwrap();
+    std::fs::write(
+        d.join("main.tf"),
+        main.replace(
+            "schedule = \"* * * * * *\"",
+            "schedule          = \"0 3 * * *\"\n  schedule_timezone = \"America/New_York\"",
+        ),
+    )
+    .unwrap();
+    tf.apply();
+    tf.assert_empty_plan("with a schedule in a time zone");
+    let schedule: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sd.join("schedules/data.json")).unwrap()).unwrap();
+    assert_eq!(schedule["timezone"], "America/New_York", "{schedule}");
+    let start = std::time::Instant::now();
+    loop {
+        let next = localdr::statedir::StateDir::new(&sd)
+            .read_schedule_status("data")
+            .unwrap()
+            .and_then(|s| s.next_run)
+            .unwrap_or_default();
+        if next.contains("T08:00:00") || next.contains("T07:00:00") {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the agent's next run is not 03:00 in New York: {next:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
     // Without the schedule the agent has nothing to do and exits.
     let start = std::time::Instant::now();

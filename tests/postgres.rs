@@ -323,6 +323,43 @@ resource "localdr_backup" "db" {{
         "password leaked:\n{}",
         p.all()
     );
+
+    // sslmode reaches the client tools: this server has no TLS, so `require` is refused
+    // by libpq and named on sslmode; `disable` connects; a value libpq does not know is
+    // refused before any connection.
+    let with_sslmode = |mode: &str| {
+        cfg(pg.port, "tienda", &pg.password).replace(
+            "password = var.pw",
+            &format!("password = var.pw\n    sslmode  = \"{mode}\""),
+        )
+    };
+    std::fs::write(tf.path().join("main.tf"), with_sslmode("require")).unwrap();
+    let p = tf.run(&["plan", "-no-color"]);
+    assert_eq!(p.code, 1, "{}", p.all());
+    assert!(
+        flat(&p.stderr).contains("server does not support SSL")
+            && flat(&p.stderr).contains("sslmode = \"require\""),
+        "{}",
+        p.stderr
+    );
+    std::fs::write(tf.path().join("main.tf"), with_sslmode("disable")).unwrap();
+    let p = tf.run(&["plan", "-no-color"]);
+    assert_eq!(p.code, 0, "{}", p.all());
+    std::fs::write(tf.path().join("main.tf"), with_sslmode("sometimes")).unwrap();
+    let p = tf.run(&["plan", "-no-color"]);
+    assert_eq!(p.code, 1, "{}", p.all());
+    assert!(
+        flat(&p.stderr).contains(
+            "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full"
+        ),
+        "{}",
+        p.stderr
+    );
+    assert!(
+        !flat(&p.stderr).contains("PostgreSQL check failed"),
+        "{}",
+        p.stderr
+    );
 }
 
 /// Terraform wraps diagnostics at 80 columns: join the lines before searching.

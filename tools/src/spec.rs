@@ -817,10 +817,21 @@ pub struct BackupSchedule {
     pub name: String,
     /// Absolute vault path.
     pub vault: String,
-    /// 5 fields, or 6 with seconds first (UTC).
+    /// 5 fields, or 6 with seconds first, read in `timezone`.
     pub cron: String,
+    /// IANA zone the cron is read in; absent means UTC (and keeps older files as they were).
+    #[serde(default = "utc", skip_serializing_if = "is_utc")]
+    pub timezone: String,
     /// A run that cannot start within this long of its time is skipped (AWS Backup).
     pub start_window: String,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+fn is_utc(tz: &str) -> bool {
+    tz == "UTC"
 }
 
 /// What the agent publishes for a backup schedule.

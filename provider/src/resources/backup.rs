@@ -58,6 +58,7 @@ pub struct PostgresBlock {
     pub password: S,
     pub password_file: S,
     pub dump_format: S,
+    pub sslmode: S,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -71,6 +72,7 @@ pub struct BackupState {
     pub rpo: S,
     pub rto: S,
     pub schedule: S,
+    pub schedule_timezone: S,
     pub start_window: S,
     pub vault: S,
     #[serde(with = "value::serde_as_vec")]
@@ -127,7 +129,8 @@ fn postgres_block_schema() -> Block {
             "user" => string(OptionalComputed, "Role to connect as. Default `postgres`."),
             "password" => password,
             "password_file" => string(Optional, "A file whose first line is the password (preferred over `password`)."),
-            "dump_format" => string(OptionalComputed, "`custom` (pg_dump -Fc, restored with pg_restore; default) or `plain` (SQL, restored with psql).")
+            "dump_format" => string(OptionalComputed, "`custom` (pg_dump -Fc, restored with pg_restore; default) or `plain` (SQL, restored with psql)."),
+            "sslmode" => string(OptionalComputed, "libpq's sslmode for every connection (checks, pg_dump, restores): disable, allow, prefer (default; PGSSLMODE in the environment still applies when this is left at prefer), require, verify-ca, verify-full.")
         },
         ..Default::default()
     }
@@ -213,12 +216,15 @@ fn pg_config(
         },
         password_managed: managed.is_some(),
         dump_format: known(&b.dump_format).unwrap_or_else(|| "custom".into()),
+        // libpq's default is not written, so policies without it read the same.
+        sslmode: known(&b.sslmode).filter(|m| m != PG_SSLMODE),
     })
 }
 
 const PG_HOST: &str = "127.0.0.1";
 const PG_PORT: i64 = 5432;
 const PG_USER: &str = "postgres";
+const PG_SSLMODE: &str = "prefer";
 
 /// The engine policy for a fully known state. An inline database password is written to
 /// `<state_dir>/secrets/<name>.password` (0600) so the CLI and the agent can use it too;
@@ -265,6 +271,8 @@ fn policy_of(s: &BackupState, state_dir: &Path) -> Result<Policy, String> {
         delete_snapshots_on_destroy: known(&s.delete_snapshots_on_destroy).unwrap_or(false),
         postgres,
         schedule: known(&s.schedule),
+        // UTC is the default and is not written, so older vaults read the same.
+        schedule_timezone: known(&s.schedule_timezone).filter(|tz| tz != "UTC"),
         start_window: known(&s.start_window),
         rpo: known(&s.rpo),
         rto: known(&s.rto),
@@ -345,6 +353,18 @@ fn check_config(diags: &mut Diagnostics, c: &BackupState) {
                 );
             }
         }
+        if let Value::Value(m) = &pg.sslmode {
+            if !localdr::sources::postgres::SSLMODES.contains(&m.as_str()) {
+                diags.error(
+                    "Invalid sslmode",
+                    format!(
+                        "sslmode must be one of {} (libpq's meaning); got {m:?}.",
+                        localdr::sources::postgres::SSLMODES.join(", ")
+                    ),
+                    at.clone().attribute("sslmode"),
+                );
+            }
+        }
         if pg.password.is_value() && pg.password_file.is_value() {
             diags.error(
                 "Conflicting password settings",
@@ -359,6 +379,21 @@ fn check_config(diags: &mut Diagnostics, c: &BackupState) {
                 "Invalid schedule",
                 format!("{e:#}."),
                 AttributePath::new("schedule"),
+            );
+        }
+    }
+    if let Value::Value(tz) = &c.schedule_timezone {
+        if let Err(e) = localdr::runtime::schedule::parse_zone(tz) {
+            diags.error(
+                "Invalid schedule_timezone",
+                format!("{e:#}."),
+                AttributePath::new("schedule_timezone"),
+            );
+        } else if c.schedule.is_null() {
+            diags.error(
+                "schedule_timezone without a schedule",
+                "schedule_timezone is the zone `schedule` is read in: set schedule too.",
+                AttributePath::new("schedule_timezone"),
             );
         }
     }
@@ -533,7 +568,9 @@ fn check_postgres(diags: &mut Diagnostics, b: &PostgresBlock) {
         .iter()
         .all(|v| !v.is_unknown())
         && !b.port.is_unknown();
-    if !all_known {
+    let bad_sslmode = known(&b.sslmode)
+        .is_some_and(|m| !localdr::sources::postgres::SSLMODES.contains(&m.as_str()));
+    if !all_known || bad_sslmode {
         return;
     }
     let Some(cfg) = pg_config(b, None) else {
@@ -543,7 +580,9 @@ fn check_postgres(diags: &mut Diagnostics, b: &PostgresBlock) {
     let r = localdr::sources::postgres::Pg::new(cfg, password).and_then(|pg| pg.check());
     if let Err(e) = r {
         let msg = format!("{e:#}");
-        let field = if msg.contains("password") {
+        let field = if msg.contains("SSL") {
+            "sslmode"
+        } else if msg.contains("password") {
             if b.password_file.is_value() {
                 "password_file"
             } else {
@@ -590,6 +629,9 @@ fn apply_defaults(planned: &mut BackupState, config: &BackupState) {
         }
         if c.dump_format.is_null() {
             p.dump_format = Value::Value("custom".into());
+        }
+        if c.sslmode.is_null() {
+            p.sslmode = Value::Value(PG_SSLMODE.into());
         }
     }
     if config.ensure_valid.is_null() {
@@ -680,6 +722,7 @@ impl BackupResource {
         };
         let sd = self.shared.state_dir();
         let cron = known(&state.schedule);
+        let timezone = known(&state.schedule_timezone).unwrap_or_else(|| "UTC".into());
         let start_window =
             known(&state.start_window).unwrap_or_else(|| DEFAULT_START_WINDOW.into());
         let mode = self.shared.agent_mode();
@@ -694,6 +737,7 @@ impl BackupResource {
                 name,
                 vault: abs(&vault).display().to_string(),
                 cron,
+                timezone,
                 start_window,
             })?;
             let exe = if mode == "external" { None } else { exe.ok() };
@@ -738,7 +782,8 @@ impl Resource for BackupResource {
                     "name" => string(Required, "Backup name: snapshots are named `<name>_YYYY-MM-DD_HH-MM-SS`. Letters, digits, `-`, `_`, `.`. Changing it forces a new resource."),
                     "path" => string(Optional, "A file or directory to back up. Exactly one of `path` or `tfstate`."),
                     "tfstate" => string(Optional, "A Terraform state file to back up; it is validated and its `serial` and `lineage` are recorded so a restore cannot roll the state back silently."),
-                    "schedule" => string(Optional, "Cron expression (UTC; 5 fields, or 6 with seconds first) on which the localdr agent takes snapshots, e.g. `0 3 * * *` (AWS Backup rule). Each run applies retention and the DR copy. The provider starts the agent when none runs."),
+                    "schedule" => string(Optional, "Cron expression (in `schedule_timezone`, default UTC; 5 fields, or 6 with seconds first) on which the localdr agent takes snapshots, e.g. `0 3 * * *` (AWS Backup rule). Each run applies retention and the DR copy. The provider starts the agent when none runs."),
+                    "schedule_timezone" => string(Optional, "IANA time zone `schedule` is read in, e.g. `Europe/Madrid` (`0 3 * * *` is then 03:00 there, across daylight-saving changes). Default UTC."),
                     "start_window" => string(OptionalComputed, "A scheduled run that cannot start within this long of its time is skipped. Default `1h`."),
                     "rpo" => string(Optional, "Recovery point objective, e.g. `15m`: `localdr drill` fails when the newest snapshot is older."),
                     "rto" => string(Optional, "Recovery time objective, e.g. `30m`: `localdr drill` fails when a restore takes longer."),
@@ -865,6 +910,9 @@ impl Resource for BackupResource {
                             }
                         },
                         dump_format: Value::Value(c.dump_format.clone()),
+                        sslmode: Value::Value(
+                            c.sslmode.clone().unwrap_or_else(|| PG_SSLMODE.into()),
+                        ),
                     }),
                 };
             }
@@ -910,6 +958,12 @@ impl Resource for BackupResource {
         state.delete_snapshots_on_destroy = Value::Value(policy.delete_snapshots_on_destroy);
         state.rpo = policy.rpo.clone().into();
         state.schedule = policy.schedule.clone().into();
+        // Null stays null for UTC (the default) unless the configuration spelled it out.
+        state.schedule_timezone = match (&policy.schedule_timezone, &state.schedule_timezone) {
+            (Some(tz), _) => Value::Value(tz.clone()),
+            (None, Value::Value(tz)) if tz == "UTC" => Value::Value(tz.clone()),
+            (None, _) => Value::Null,
+        };
         state.start_window = Value::Value(
             policy
                 .start_window

@@ -62,6 +62,9 @@ pub struct PgArgs {
     /// `custom` (pg_dump -Fc) or `plain` (SQL).
     #[arg(long, default_value = "custom", value_parser = ["custom", "plain"])]
     pub dump_format: String,
+    /// libpq's sslmode (default: libpq's, `prefer`, or PGSSLMODE).
+    #[arg(long, value_parser = crate::sources::postgres::SSLMODES)]
+    pub pg_sslmode: Option<String>,
 }
 
 impl PgArgs {
@@ -78,6 +81,7 @@ impl PgArgs {
                 .transpose()?,
             password_managed: false,
             dump_format: self.dump_format.clone(),
+            sslmode: self.pg_sslmode.clone(),
         })
     }
 }

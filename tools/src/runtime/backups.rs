@@ -5,7 +5,7 @@
 //! still going) is skipped and logged, as AWS Backup does.
 
 use super::events::{self, Event};
-use super::schedule::parse_cron;
+use super::schedule::{parse_cron, parse_zone};
 use crate::spec::{dur, BackupSchedule, BackupScheduleStatus};
 use crate::statedir::{self, StateDir};
 use crate::vault::{run, Vault};
@@ -32,8 +32,15 @@ fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn next_after(cron: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    parse_cron(cron).ok()?.find_next_occurrence(&t, false).ok()
+/// The schedule's next firing after `t`, its cron read in its time zone (so `0 3 * * *`
+/// in Europe/Madrid is 03:00 there, summer and winter).
+fn next_after(s: &BackupSchedule, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let tz = parse_zone(&s.timezone).ok()?;
+    parse_cron(&s.cron)
+        .ok()?
+        .find_next_occurrence(&t.with_timezone(&tz), false)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 impl Backups {
@@ -65,12 +72,14 @@ impl Backups {
                     .map_err(|e| format!("{}: {e}", path.display()))
                     .and_then(|s| {
                         parse_cron(&s.cron).map_err(|e| format!("{}: {e:#}", path.display()))?;
+                        parse_zone(&s.timezone)
+                            .map_err(|e| format!("{}: {e:#}", path.display()))?;
                         Ok(s)
                     });
             match parsed {
                 Ok(spec) => {
                     self.rejected.remove(name);
-                    let next = next_after(&spec.cron, now);
+                    let next = next_after(&spec, now);
                     tracing::info!(backup = %name, cron = %spec.cron, "backup schedule loaded");
                     let prev = self.jobs.remove(name);
                     let status = BackupScheduleStatus {
@@ -170,7 +179,7 @@ impl Backups {
                             run_one(&vault, &bname).map_err(|e| format!("{e:#}"))
                         }));
                     }
-                    j.next = next_after(&j.spec.cron, now);
+                    j.next = next_after(&j.spec, now);
                     j.status.next_run = j.next.map(stamp);
                 }
             }
@@ -208,4 +217,51 @@ fn log(sd: &StateDir, name: &str, kind: &str, detail: String) {
             detail,
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_cron_is_read_in_the_schedules_time_zone() {
+        let mut s = BackupSchedule {
+            api_version: crate::spec::API_VERSION,
+            name: "db".into(),
+            vault: "/v".into(),
+            cron: "0 3 * * *".into(),
+            timezone: "UTC".into(),
+            start_window: "1h".into(),
+        };
+        assert_eq!(
+            next_after(&s, at("2026-01-15T12:00:00Z")),
+            Some(at("2026-01-16T03:00:00Z"))
+        );
+        // 03:00 in Madrid: 02:00 UTC in winter (CET), 01:00 UTC in summer (CEST).
+        s.timezone = "Europe/Madrid".into();
+        assert_eq!(
+            next_after(&s, at("2026-01-15T12:00:00Z")),
+            Some(at("2026-01-16T02:00:00Z"))
+        );
+        assert_eq!(
+            next_after(&s, at("2026-07-15T12:00:00Z")),
+            Some(at("2026-07-16T01:00:00Z"))
+        );
+        s.timezone = "Mars/Olympus".into();
+        assert_eq!(next_after(&s, at("2026-01-15T12:00:00Z")), None);
+    }
+
+    #[test]
+    fn a_utc_schedule_file_is_written_as_before() {
+        let s: BackupSchedule = serde_json::from_str(
+            r#"{"api_version":1,"name":"db","vault":"/v","cron":"0 3 * * *","start_window":"1h"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.timezone, "UTC");
+        assert!(!serde_json::to_string(&s).unwrap().contains("timezone"));
+    }
 }

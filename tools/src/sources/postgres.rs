@@ -27,7 +27,20 @@ pub struct PgConfig {
     pub password_managed: bool,
     /// `custom` (pg_dump -Fc, restored with pg_restore) or `plain` (SQL, restored with psql).
     pub dump_format: String,
+    /// libpq's `sslmode` for every tool; absent means libpq's default, `prefer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslmode: Option<String>,
 }
+
+/// libpq's `sslmode` values, weakest first.
+pub const SSLMODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
 
 impl PgConfig {
     /// `postgres://user@host:port/database`: how snapshots and messages name the source.
@@ -91,6 +104,9 @@ impl Pg {
             .stdin(Stdio::null());
         if let Some(f) = &self.passfile {
             c.env("PGPASSFILE", f.path()).env_remove("PGPASSWORD");
+        }
+        if let Some(m) = &self.cfg.sslmode {
+            c.env("PGSSLMODE", m);
         }
         Ok(c)
     }
@@ -393,6 +409,7 @@ mod tests {
                 password_file: None,
                 password_managed: false,
                 dump_format: "custom".into(),
+                sslmode: None,
             },
             Some("s3cret".into()),
         )

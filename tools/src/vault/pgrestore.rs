@@ -28,6 +28,7 @@ pub fn config_for(vault: &Vault, m: &Manifest, password_file: Option<PathBuf>) -
         bail!("snapshot {} is not a PostgreSQL snapshot", m.id);
     };
     let stored = vault.load_policy(&m.name)?.and_then(|pol| pol.postgres);
+    let sslmode = stored.as_ref().and_then(|s| s.sslmode.clone());
     Ok(PgConfig {
         host: p.host.clone(),
         port: p.port,
@@ -38,6 +39,7 @@ pub fn config_for(vault: &Vault, m: &Manifest, password_file: Option<PathBuf>) -
             .or_else(|| stored.and_then(|s| s.password_file)),
         password_managed: false,
         dump_format: p.dump_format.clone(),
+        sslmode,
     })
 }
 

@@ -42,6 +42,9 @@ pub struct Policy {
     /// Cron expression the agent takes snapshots on (AWS Backup rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// IANA zone `schedule` is read in (UTC when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_timezone: Option<String>,
     /// A scheduled run that cannot start within this long of its time is skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_window: Option<String>,
@@ -69,6 +72,7 @@ impl Policy {
             delete_snapshots_on_destroy: false,
             postgres: None,
             schedule: None,
+            schedule_timezone: None,
             start_window: None,
             rpo: None,
             rto: None,

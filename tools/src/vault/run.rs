@@ -294,6 +294,7 @@ mod tests {
             delete_snapshots_on_destroy: false,
             postgres: None,
             schedule: None,
+            schedule_timezone: None,
             start_window: None,
             rpo: None,
             rto: None,
