@@ -80,7 +80,7 @@ impl Backups {
                 Ok(spec) => {
                     self.rejected.remove(name);
                     let next = next_after(&spec, now);
-                    tracing::info!(backup = %name, cron = %spec.cron, "backup schedule loaded");
+                    tracing::info!(backup = %name, cron = %spec.cron, timezone = %spec.timezone, "backup schedule loaded");
                     let prev = self.jobs.remove(name);
                     let status = BackupScheduleStatus {
                         name: name.clone(),
