@@ -649,6 +649,30 @@ fn scheduled_backups_run_in_the_agent_with_retention() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+
+    // The agent runs what its schedule file says: a hand edit of it is drift.
+    let mut edited = schedule.clone();
+    edited["cron"] = "*/5 * * * *".into();
+    edited["timezone"] = "UTC".into();
+    std::fs::write(
+        sd.join("schedules/data.json"),
+        serde_json::to_vec(&edited).unwrap(),
+    )
+    .unwrap();
+    let p = tf.plan();
+    assert_eq!(p.code, 2, "{}", p.all());
+    assert!(
+        p.stdout.contains("\"*/5 * * * *\" -> \"0 3 * * *\"")
+            && p.stdout.contains("+ schedule_timezone")
+            && p.stdout.contains("\"America/New_York\""),
+        "{}",
+        p.stdout
+    );
+    tf.apply();
+    tf.assert_empty_plan("after repairing the hand-edited schedule");
+    let repaired: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sd.join("schedules/data.json")).unwrap()).unwrap();
+    assert_eq!(repaired, schedule);
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
     // Without the schedule the agent has nothing to do and exits.
     let start = std::time::Instant::now();

@@ -117,6 +117,10 @@ impl StateDir {
         std::fs::create_dir_all(self.root.join("status/schedules"))?;
         crate::atomic::write_json(&self.schedule_path(&s.name), s)
     }
+    /// The backup schedule the agent runs for `name`, as the file says (`None`: no file).
+    pub fn read_schedule(&self, name: &str) -> Result<Option<crate::spec::BackupSchedule>> {
+        read_json(&self.schedule_path(name))
+    }
     pub fn remove_schedule(&self, name: &str) -> Result<()> {
         match std::fs::remove_file(self.schedule_path(name)) {
             Ok(()) => Ok(()),

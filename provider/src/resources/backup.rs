@@ -609,6 +609,58 @@ fn check_postgres(diags: &mut Diagnostics, b: &PostgresBlock) {
     }
 }
 
+/// `schedule_timezone` for a zone read back (`None`: UTC, the default, which is not written):
+/// null stays null for UTC unless the state spelled it out.
+fn timezone_state(tz: Option<&str>, prior: &S) -> S {
+    match (tz, prior) {
+        (Some(tz), _) => Value::Value(tz.to_string()),
+        (None, Value::Value(p)) if p == "UTC" => prior.clone(),
+        (None, _) => Value::Null,
+    }
+}
+
+/// What the agent will run for this backup is its schedule file in the state dir, not the
+/// policy in the vault: read it into the state, so a hand edit of it (cron, zone, start
+/// window) or a schedule the configuration no longer has shows in `plan` as a diff that
+/// `apply` writes back. A file that is missing, unreadable or for another vault while the
+/// policy has a schedule makes the backup invalid instead. (The agent's own file for a
+/// same-named backup in another vault is left alone.)
+fn read_agent_schedule(
+    state: &mut BackupState,
+    sd: &localdr::statedir::StateDir,
+    name: &str,
+    vault: &Path,
+    scheduled: bool,
+    problems: &mut Vec<String>,
+) {
+    match sd.read_schedule(name) {
+        Err(e) if scheduled => problems.push(format!(
+            "its schedule in the agent's state dir cannot be read ({e:#})"
+        )),
+        Err(_) => {}
+        Ok(None) if scheduled && sd.agent_running() => {
+            problems.push("its schedule is missing from the agent's state dir".into())
+        }
+        Ok(None) => {}
+        Ok(Some(s)) if Path::new(&s.vault) != vault => {
+            if scheduled {
+                problems.push(format!(
+                    "its schedule in the agent's state dir is for another vault ({})",
+                    s.vault
+                ));
+            }
+        }
+        Ok(Some(s)) => {
+            state.schedule = Value::Value(s.cron);
+            state.schedule_timezone = timezone_state(
+                Some(s.timezone.as_str()).filter(|tz| *tz != "UTC"),
+                &state.schedule_timezone,
+            );
+            state.start_window = Value::Value(s.start_window);
+        }
+    }
+}
+
 /// Fill O/C defaults where the configuration left them out.
 fn apply_defaults(planned: &mut BackupState, config: &BackupState) {
     if config.compression_level.is_null() {
@@ -958,12 +1010,10 @@ impl Resource for BackupResource {
         state.delete_snapshots_on_destroy = Value::Value(policy.delete_snapshots_on_destroy);
         state.rpo = policy.rpo.clone().into();
         state.schedule = policy.schedule.clone().into();
-        // Null stays null for UTC (the default) unless the configuration spelled it out.
-        state.schedule_timezone = match (&policy.schedule_timezone, &state.schedule_timezone) {
-            (Some(tz), _) => Value::Value(tz.clone()),
-            (None, Value::Value(tz)) if tz == "UTC" => Value::Value(tz.clone()),
-            (None, _) => Value::Null,
-        };
+        state.schedule_timezone = timezone_state(
+            policy.schedule_timezone.as_deref(),
+            &state.schedule_timezone,
+        );
         state.start_window = Value::Value(
             policy
                 .start_window
@@ -978,17 +1028,21 @@ impl Resource for BackupResource {
             state.snapshots = Value::Value(0);
         }
         let mut problems = health.problems.clone();
-        if policy.schedule.is_some() {
-            let sd = self.shared.state_dir();
-            if !sd.agent_running() {
-                problems.push(format!(
-                    "no localdr agent is running on {} to take the scheduled snapshots",
-                    sd.root().display()
-                ));
-            } else if !sd.schedule_path(&name).exists() {
-                problems.push("its schedule is missing from the agent's state dir".into());
-            }
+        let sd = self.shared.state_dir();
+        if policy.schedule.is_some() && !sd.agent_running() {
+            problems.push(format!(
+                "no localdr agent is running on {} to take the scheduled snapshots",
+                sd.root().display()
+            ));
         }
+        read_agent_schedule(
+            &mut state,
+            &sd,
+            &name,
+            &vault_abs,
+            policy.schedule.is_some(),
+            &mut problems,
+        );
         let health = run::Health { problems, ..health };
         let valid = health.problems.is_empty();
         state.ensure_valid = Value::Value(valid);
