@@ -77,6 +77,32 @@ output "snapshot" {{
     );
     let p = tf.run(&["plan", "-detailed-exitcode", "-no-color", "-var", &pw_var]);
     assert_eq!(p.code, 0, "plan after apply:\n{}", p.all());
+
+    // The password file the provider keeps for the agent and the CLI: deleting it is drift,
+    // and apply writes it again (never into the plan's output).
+    let secret = tf.path().join(".localdr/secrets/tienda.password");
+    assert!(secret.exists(), "{}", secret.display());
+    std::fs::remove_file(&secret).unwrap();
+    let p = tf.run(&["plan", "-detailed-exitcode", "-no-color", "-var", &pw_var]);
+    assert_eq!(p.code, 2, "{}", p.all());
+    assert!(
+        flat(&p.all()).contains("database password file") && flat(&p.all()).contains("is missing"),
+        "{}",
+        p.all()
+    );
+    assert!(!p.all().contains(&pg.password), "password leaked into plan");
+    tf.ok(&["apply", "-auto-approve", "-no-color", "-var", &pw_var]);
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap().trim(),
+        pg.password
+    );
+    let p = tf.run(&["plan", "-detailed-exitcode", "-no-color", "-var", &pw_var]);
+    assert_eq!(
+        p.code,
+        0,
+        "plan after repairing the password file:\n{}",
+        p.all()
+    );
     let state = std::fs::read_to_string(tf.path().join("terraform.tfstate")).unwrap();
     let vault = tf.path().join("vault");
     for f in walk(&vault) {

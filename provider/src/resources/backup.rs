@@ -1035,6 +1035,17 @@ impl Resource for BackupResource {
                 sd.root().display()
             ));
         }
+        if let Some(f) = policy
+            .postgres
+            .as_ref()
+            .filter(|p| p.password_managed)
+            .and_then(|p| p.password_file.as_ref())
+            .filter(|f| !Path::new(f).exists())
+        {
+            problems.push(format!(
+                "its database password file {f} is missing (scheduled runs and the CLI read it)"
+            ));
+        }
         read_agent_schedule(
             &mut state,
             &sd,
