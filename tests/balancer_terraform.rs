@@ -987,8 +987,26 @@ fn kong_style_rate_limits_counted_by_a_header() {
         per_second > 0,
         "three requests at once never met the per-second limit"
     );
-    // Other clients have buckets of their own: another key, and no key at all (its IP).
-    assert_eq!(limited_get(listen, "X-Api-Key: b\r\n").0, 200);
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("x-ratelimit-remaining-hour: 0"),
+        "{r}"
+    );
+    // Other clients have buckets of their own: another key, and no key at all (its IP);
+    // answers tell them what is left (Kong's headers).
+    let (code, _, r) = limited_get(listen, "X-Api-Key: b\r\n");
+    assert_eq!(code, 200, "{r}");
+    let lower = r.to_ascii_lowercase();
+    for h in [
+        "x-ratelimit-limit-hour: 5",
+        "x-ratelimit-remaining-hour: 4",
+        "x-ratelimit-limit-second: 2",
+        "x-ratelimit-remaining-second: 1",
+        "ratelimit-limit: 2",
+        "ratelimit-remaining: 1",
+    ] {
+        assert!(lower.contains(h), "missing {h:?} in {r}");
+    }
     assert_eq!(limited_get(listen, "").0, 200);
 
     // A hand edit of a limit in the spec is drift, repaired by apply.

@@ -300,36 +300,50 @@ pub async fn handle(
     let cfg = lb.config();
     // The client's id when it sent a usable one, else a new one.
     let corr = lb.correlation();
-    // Answers the balancer makes or passes on carry the id, unless told not to.
-    let echo = |h: &mut hyper::HeaderMap, rid: &HeaderValue| {
-        if corr.echo {
-            h.insert(&corr.name, rid.clone());
-        }
-    };
     let rid = match req.headers().get(&corr.name) {
         Some(v) if v.to_str().is_ok() => v.clone(),
         _ => lb.next_request_id(),
     };
     let request_id = rid.to_str().unwrap_or("-");
 
-    if let Some(guard) = lb.limiter() {
-        let rl = guard
-            .as_ref()
-            .as_ref()
-            .expect("limiter() only returns a set limiter");
-        if let Err(no) = rl.check(&rl.key(req.headers(), peer.ip()), start) {
-            lb.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-            let mut r = simple(
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!("rate limit exceeded: {} per {}", no.limit, no.unit),
-            );
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from(no.retry_after()));
-            echo(r.headers_mut(), &rid);
-            lb.finish(request_id, &peer, "-", 429, start, 0);
-            return Ok(r);
+    // Over a rate limit: 429 at once. Under it: what is left, for the answer's headers.
+    let quota = match lb.limiter() {
+        None => None,
+        Some(guard) => {
+            let rl = guard
+                .as_ref()
+                .as_ref()
+                .expect("limiter() only returns a set limiter");
+            match rl.check(&rl.key(req.headers(), peer.ip()), start) {
+                Ok(q) => Some(q),
+                Err(no) => {
+                    lb.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    let mut r = simple(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &format!("rate limit exceeded: {} per {}", no.limit, no.unit),
+                    );
+                    let h = r.headers_mut();
+                    h.insert("retry-after", HeaderValue::from(no.retry_after()));
+                    no.quota.write(h);
+                    if corr.echo {
+                        h.insert(&corr.name, rid.clone());
+                    }
+                    lb.finish(request_id, &peer, "-", 429, start, 0);
+                    return Ok(r);
+                }
+            }
         }
-    }
+    };
+    // Answers the balancer makes or passes on carry the id, unless told not to, and the
+    // client's quota when a rate limit is set.
+    let echo = |h: &mut hyper::HeaderMap, rid: &HeaderValue| {
+        if corr.echo {
+            h.insert(&corr.name, rid.clone());
+        }
+        if let Some(q) = &quota {
+            q.write(h);
+        }
+    };
 
     // A WebSocket handshake or other protocol switch: the client's connection is handed
     // over once a target answers 101 (see `tunnel`).

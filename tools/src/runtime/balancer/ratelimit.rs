@@ -7,9 +7,14 @@
 //! A refused request takes no token from any of them, so a client hammering its per-second
 //! limit does not also spend its hourly allowance. Over the limit, the answer says how long
 //! until the next token of the bucket that refused longest, for `Retry-After`.
+//!
+//! Every answer carries Kong's quota headers so clients can pace themselves:
+//! `X-RateLimit-Limit-<Window>` / `X-RateLimit-Remaining-<Window>` per limit, and
+//! `RateLimit-Limit` / `-Remaining` / `-Reset` for the one with the least left (Reset: seconds
+//! until that bucket is full again).
 
 use crate::spec::RateLimit;
-use hyper::header::{HeaderMap, HeaderName};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -34,7 +39,51 @@ pub struct Refusal {
     pub limit: u32,
     /// `second`, `minute` or `hour`.
     pub unit: &'static str,
+    /// What is left of each limit (nothing, for the one that refused).
+    pub quota: Quota,
 }
+
+/// What a client has left after a request, for the quota headers.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Quota {
+    /// (limit, whole requests left, seconds until full, window) per limit.
+    left: Vec<(u32, u32, u64, &'static str)>,
+}
+
+impl Quota {
+    /// The requests left under the tightest limit.
+    pub fn remaining(&self) -> Option<u32> {
+        self.left.iter().map(|l| l.1).min()
+    }
+
+    /// Kong's headers: per window, and `RateLimit-*` for the tightest.
+    pub fn write(&self, h: &mut HeaderMap) {
+        for &(limit, left, _, unit) in &self.left {
+            let (l, r) = match unit {
+                "second" => (&LIMIT_SECOND, &REMAINING_SECOND),
+                "minute" => (&LIMIT_MINUTE, &REMAINING_MINUTE),
+                _ => (&LIMIT_HOUR, &REMAINING_HOUR),
+            };
+            h.insert(l, HeaderValue::from(limit));
+            h.insert(r, HeaderValue::from(left));
+        }
+        if let Some(&(limit, left, reset, _)) = self.left.iter().min_by_key(|l| l.1) {
+            h.insert(&RATELIMIT_LIMIT, HeaderValue::from(limit));
+            h.insert(&RATELIMIT_REMAINING, HeaderValue::from(left));
+            h.insert(&RATELIMIT_RESET, HeaderValue::from(reset));
+        }
+    }
+}
+
+static LIMIT_SECOND: HeaderName = HeaderName::from_static("x-ratelimit-limit-second");
+static LIMIT_MINUTE: HeaderName = HeaderName::from_static("x-ratelimit-limit-minute");
+static LIMIT_HOUR: HeaderName = HeaderName::from_static("x-ratelimit-limit-hour");
+static REMAINING_SECOND: HeaderName = HeaderName::from_static("x-ratelimit-remaining-second");
+static REMAINING_MINUTE: HeaderName = HeaderName::from_static("x-ratelimit-remaining-minute");
+static REMAINING_HOUR: HeaderName = HeaderName::from_static("x-ratelimit-remaining-hour");
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 impl Refusal {
     /// Whole seconds for `Retry-After`, never 0 (a client told 0 would retry at once).
@@ -91,8 +140,8 @@ impl RateLimiter {
         }
     }
 
-    /// `Ok` to serve; `Err` when the client must wait.
-    pub fn check(&self, key: &str, now: Instant) -> Result<(), Refusal> {
+    /// `Ok` (with what is left) to serve; `Err` when the client must wait.
+    pub fn check(&self, key: &str, now: Instant) -> Result<Quota, Refusal> {
         let full = self.full();
         let mut b = self.buckets.lock().expect("rate lock");
         if b.len() > MAX_CLIENTS {
@@ -110,18 +159,30 @@ impl RateLimiter {
                         wait,
                         limit: w.limit,
                         unit: w.unit,
+                        quota: Quota::default(),
                     });
                 }
             }
         }
-        match refusal {
-            Some(r) => Err(r),
-            None => {
-                for t in tokens.iter_mut().take(self.windows.len()) {
-                    *t -= 1.0;
-                }
-                Ok(())
+        if refusal.is_none() {
+            for t in tokens.iter_mut().take(self.windows.len()) {
+                *t -= 1.0;
             }
+        }
+        let quota = Quota {
+            left: self
+                .windows
+                .iter()
+                .zip(tokens.iter())
+                .map(|(w, t)| {
+                    let full_in = ((w.depth - t) / w.per_sec).max(0.0).ceil() as u64;
+                    (w.limit, t.max(0.0).floor() as u32, full_in, w.unit)
+                })
+                .collect(),
+        };
+        match refusal {
+            Some(r) => Err(Refusal { quota, ..r }),
+            None => Ok(quota),
         }
     }
 
@@ -185,7 +246,7 @@ mod tests {
         // Ten seconds of a client sending as fast as it can, ten requests a second.
         for i in 0..100 {
             match r.check("a", t + Duration::from_millis(i * 100)) {
-                Ok(()) => served += 1,
+                Ok(_) => served += 1,
                 Err(no) if no.unit == "second" => {
                     per_second_refusals += 1;
                     assert_eq!(no.retry_after(), 1);
@@ -236,6 +297,36 @@ mod tests {
         // A header value that looks like an address is still a different client.
         h.insert("x-api-key", "ip:127.0.0.1".parse().unwrap());
         assert_ne!(r.key(&h, ip), r.key(&HeaderMap::new(), ip));
+    }
+
+    #[test]
+    fn answers_carry_what_is_left_of_each_limit() {
+        let r = limiter(Some(2), Some(100), None);
+        let t = Instant::now();
+        let q = r.check("a", t).unwrap();
+        let mut h = HeaderMap::new();
+        q.write(&mut h);
+        let get = |n: &str| h.get(n).unwrap().to_str().unwrap().to_string();
+        assert_eq!(get("x-ratelimit-limit-second"), "2");
+        assert_eq!(get("x-ratelimit-remaining-second"), "1");
+        assert_eq!(get("x-ratelimit-limit-minute"), "100");
+        assert_eq!(get("x-ratelimit-remaining-minute"), "99");
+        // The tightest: the per-second limit, full again in a second.
+        assert_eq!(
+            (
+                get("ratelimit-limit"),
+                get("ratelimit-remaining"),
+                get("ratelimit-reset")
+            ),
+            ("2".into(), "1".into(), "1".into())
+        );
+        assert!(h.get("x-ratelimit-limit-hour").is_none());
+        r.check("a", t).unwrap();
+        let no = r.check("a", t).unwrap_err();
+        assert_eq!(no.quota.remaining(), Some(0));
+        let mut h = HeaderMap::new();
+        no.quota.write(&mut h);
+        assert_eq!(h.get("x-ratelimit-remaining-minute").unwrap(), "98");
     }
 
     #[test]
