@@ -361,6 +361,7 @@ fn rolling_config(sd: &Path, base: u16, listen: u16, version: u32) -> String {
   env       = {{ VERSION = "{version}" }}
   replicas  = 3
   base_port = {base}
+  min_ready = "1s"
 }}
 resource "localdr_balancer" "lb" {{
   name    = "lb"
@@ -385,8 +386,8 @@ output "replicas_outdated" {{
 }
 
 /// A changed process setting (here `env`) replaces a pool's replicas one at a time behind
-/// its balancer: apply returns once every replica runs the new settings, and a request
-/// every 5 ms, never retried, sees no failure.
+/// its balancer: apply returns once every replica runs the new settings and has been
+/// healthy for `min_ready`, and a request every 5 ms, never retried, sees no failure.
 #[test]
 fn a_changed_pool_is_replaced_one_replica_at_a_time_without_failed_requests() {
     let base = free_ports(3);
@@ -427,6 +428,9 @@ fn a_changed_pool_is_replaced_one_replica_at_a_time_without_failed_requests() {
         );
     }
     println!("FIGURE rolling replace of 3 replicas: apply took {took:.1?}");
+    // Each of the three stayed healthy for min_ready (1 s) before apply went on.
+    assert!(took >= Duration::from_secs(3), "apply took {took:?}");
+    assert_eq!(spec_json_service(&sd, "web")["min_ready"], "1s");
     assert_eq!(tf.output("outdated"), "0");
     assert_eq!(
         tf.output_json("replicas_outdated"),
@@ -508,6 +512,11 @@ resource "localdr_balancer" "b" {{
         "{flat}"
     );
     drop(taken);
+}
+
+fn spec_json_service(sd: &Path, name: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(sd.join(format!("services/{name}.json"))).unwrap())
+        .unwrap()
 }
 
 fn spec_json(sd: &Path, name: &str) -> serde_json::Value {

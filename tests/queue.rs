@@ -66,6 +66,7 @@ fn pool(n: u32) -> ServiceSpec {
         restart: None,
         stop_signal: "SIGTERM".into(),
         stop_timeout: "5s".into(),
+        min_ready: "0s".into(),
         autoscaling: None,
         schedules: vec![],
         cost_per_replica_hour: 0.0,

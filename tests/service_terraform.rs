@@ -490,6 +490,7 @@ resource "localdr_service" "a" {
   command   = []
   replicas  = -1
   base_port = 20000
+  min_ready = "soon"
   autoscaling {
     min_replicas       = 5
     max_replicas       = 2
@@ -529,6 +530,11 @@ resource "localdr_service" "a" {
     let p = tf.run(&["plan", "-no-color"]);
     assert!(
         p.stderr.contains("Invalid command") && p.stderr.contains("non-empty list"),
+        "{}",
+        p.stderr
+    );
+    assert!(
+        p.stderr.contains("Invalid min_ready") && p.stderr.contains("min_ready = \"soon\""),
         "{}",
         p.stderr
     );

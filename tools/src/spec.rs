@@ -38,6 +38,10 @@ pub struct ServiceSpec {
     pub restart: Option<RestartPolicy>,
     pub stop_signal: String,
     pub stop_timeout: String,
+    /// A replica replaced by a rolling replace must stay healthy this long before the next
+    /// one goes (Kubernetes' `minReadySeconds`); `0s`, the default, is not written.
+    #[serde(default = "zero_duration", skip_serializing_if = "is_zero_duration")]
+    pub min_ready: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -220,6 +224,7 @@ impl ServiceSpec {
             );
         }
         check_duration(&mut bad, "stop_timeout", &self.stop_timeout);
+        check_duration(&mut bad, "min_ready", &self.min_ready);
         if let Some(h) = &self.health_check {
             if !["http", "tcp", "exec"].contains(&h.kind.as_str()) {
                 bad(
@@ -439,6 +444,10 @@ pub struct ReplicaStatus {
     /// Runs an earlier spec's process settings; a rolling replace is under way.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub outdated: bool,
+    /// Replaced by the rolling replace and running, but not yet healthy for `min_ready`:
+    /// the roll waits for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub settling: bool,
 }
 
 impl ServiceStatus {
@@ -458,6 +467,10 @@ impl ServiceStatus {
     /// Replicas still running an earlier spec's process settings (a rolling replace).
     pub fn outdated(&self) -> usize {
         self.replicas.iter().filter(|r| r.outdated).count()
+    }
+    /// Replaced replicas not yet healthy for `min_ready`.
+    pub fn settling(&self) -> usize {
+        self.replicas.iter().filter(|r| r.settling).count()
     }
     pub fn healthy(&self) -> usize {
         self.replicas
@@ -523,6 +536,14 @@ pub struct BalancerSpec {
     /// API, and the balancer's connections when it stops.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: String,
+}
+
+fn zero_duration() -> String {
+    "0s".into()
+}
+
+fn is_zero_duration(d: &str) -> bool {
+    d == "0s"
 }
 
 fn default_drain_timeout() -> String {
@@ -900,6 +921,7 @@ pub(crate) mod tests {
             restart: None,
             stop_signal: "SIGTERM".into(),
             stop_timeout: "10s".into(),
+            min_ready: "0s".into(),
             autoscaling: None,
             schedules: vec![],
             cost_per_replica_hour: 0.0,

@@ -130,6 +130,7 @@ pub struct ServiceState {
     pub restart: Value<RestartBlock>,
     pub stop_signal: S,
     pub stop_timeout: S,
+    pub min_ready: S,
     #[serde(with = "value::serde_as_vec")]
     pub autoscaling: Value<AutoscalingBlock>,
     pub schedule: Value<Vec<Value<ScheduleBlock>>>,
@@ -159,6 +160,7 @@ fn apply_defaults(s: &mut ServiceState) {
     fill(&mut s.port_env_var, "PORT".into());
     fill(&mut s.stop_signal, "SIGTERM".into());
     fill(&mut s.stop_timeout, "10s".into());
+    fill(&mut s.min_ready, "0s".into());
     fill(&mut s.cost_per_replica_hour, Num(0.0));
     fill(&mut s.wait_for_healthy, true);
     fill(&mut s.wait_timeout, "60s".into());
@@ -282,6 +284,7 @@ fn to_spec(s: &ServiceState) -> Result<ServiceSpec, String> {
         restart,
         stop_signal: k(&s.stop_signal, "stop_signal")?,
         stop_timeout: k(&s.stop_timeout, "stop_timeout")?,
+        min_ready: k(&s.min_ready, "min_ready")?,
         autoscaling,
         schedules,
         cost_per_replica_hour: k(&s.cost_per_replica_hour, "cost_per_replica_hour")?.0,
@@ -338,6 +341,7 @@ fn from_spec(state: &mut ServiceState, sp: &ServiceSpec) {
     };
     state.stop_signal = v(sp.stop_signal.clone());
     state.stop_timeout = v(sp.stop_timeout.clone());
+    state.min_ready = v(sp.min_ready.clone());
     state.autoscaling = match &sp.autoscaling {
         None => Value::Null,
         Some(a) => v(AutoscalingBlock {
@@ -757,6 +761,7 @@ impl Resource for ServiceResource {
                     "port_env_var" => string(OptionalComputed, "Environment variable that carries the port. Default `PORT`."),
                     "stop_signal" => string(OptionalComputed, "Signal for a graceful stop. Default `SIGTERM`."),
                     "stop_timeout" => string(OptionalComputed, "SIGKILL after this long. Default `10s`."),
+                    "min_ready" => string(OptionalComputed, "When a change of command, env or working_dir replaces replicas one at a time, each new replica must stay healthy this long before the next goes (Kubernetes' minReadySeconds), so a build that passes its first check and then crashes stops the roll at one replica. Apply waits for it. Default `0s`."),
                     "cost_per_replica_hour" => number(OptionalComputed, "Price of one replica-hour, for `localdr cost`. Default 0."),
                     "wait_for_healthy" => boolean(OptionalComputed, "Apply waits until every replica is healthy (else: started). Default true."),
                     "wait_timeout" => string(OptionalComputed, "How long apply waits. Default `60s`."),

@@ -255,6 +255,7 @@ mod tests {
             last_exit: None,
             started_at: None,
             outdated: false,
+            settling: false,
         }
     }
 

@@ -69,6 +69,7 @@ pub fn wait_converged(
                 if ready == st.desired as usize
                     && st.live() == st.desired as usize
                     && st.outdated() == 0
+                    && st.settling() == 0
                 {
                     return Ok(st);
                 }
@@ -82,10 +83,14 @@ pub fn wait_converged(
                     if healthy { st.healthy() } else { st.live() },
                     st.desired,
                     if healthy { "healthy" } else { "running" },
-                    match st.outdated() {
-                        0 => String::new(),
-                        n => format!(
-                            "; {n} still run the previous command (the rolling replace waits for each new replica to be healthy)"
+                    match (st.outdated(), st.settling()) {
+                        (0, 0) => String::new(),
+                        (0, n) => format!(
+                            "; {n} replaced but not yet healthy for min_ready"
+                        ),
+                        (n, _) => format!(
+                            "; {n} still run the previous command (the rolling replace waits for each new replica to be healthy{})",
+                            if st.settling() > 0 { " for min_ready" } else { "" }
                         ),
                     }
                 ),

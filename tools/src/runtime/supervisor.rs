@@ -68,8 +68,11 @@ struct Replica {
     started: Option<(Instant, DateTime<Utc>)>,
     /// Runs an earlier spec's process settings: to be replaced, one replica at a time.
     outdated: bool,
-    /// Replaced by the rolling replace in progress: the next one waits until it is running.
+    /// Replaced by the rolling replace in progress: the next one waits until it is running
+    /// and has been for the spec's `min_ready`.
     rolled: bool,
+    /// When it last became healthy (state `Running`).
+    running_since: Option<Instant>,
 }
 
 pub struct Pool {
@@ -199,17 +202,24 @@ impl Pool {
 
     /// The rolling replace: one outdated replica at a time leaves (first out of the running
     /// set, then signalled, as when scaled away) and starts again with the new settings;
-    /// the next goes only once it is running (healthy). So a pool of N serves with at least
-    /// N - 1 replicas throughout (Kubernetes' maxUnavailable 1, maxSurge 0: replicas own
-    /// their ports, so there is no room for an extra one), and a new command that never
-    /// becomes healthy stops the roll after its first replica, the others still serving.
+    /// the next goes only once it is running (healthy) and has been for `min_ready`. So a
+    /// pool of N serves with at least N - 1 replicas throughout (Kubernetes' maxUnavailable
+    /// 1, maxSurge 0: replicas own their ports, so there is no room for an extra one), and a
+    /// new command that never becomes healthy, or crashes within `min_ready`, stops the roll
+    /// after its first replica, the others still serving.
+    ///
+    /// A replica that is already down (starting, or waiting to restart, on the new
+    /// settings) counts as the one out: no running replica is taken while it is, and an
+    /// outdated replica that is not serving is replaced before one that is.
     fn roll(&mut self, now: Instant) {
         if self.removing {
             return;
         }
+        let min_ready = dur(&self.spec.min_ready);
         let in_progress = self.replicas.values().any(|r| {
-            (r.rolled && r.state != State::Running)
+            (r.rolled && !settled(r, now, min_ready))
                 || (leaving(&r.state) && r.after == Some(After::Replace))
+                || (!r.outdated && matches!(r.state, State::Starting | State::Backoff(_)))
         });
         if in_progress {
             return;
@@ -217,7 +227,8 @@ impl Pool {
         let next = self
             .replicas
             .values_mut()
-            .find(|r| r.outdated && r.child.is_some() && !leaving(&r.state));
+            .filter(|r| r.outdated && r.child.is_some() && !leaving(&r.state))
+            .min_by_key(|r| (r.state == State::Running, r.index));
         if let Some(r) = next {
             tracing::info!(service = %self.spec.name, replica = r.index, "rolling replace: replacing");
             r.rolled = true;
@@ -349,6 +360,7 @@ impl Pool {
                             started: None,
                             outdated: false,
                             rolled: false,
+                            running_since: None,
                         },
                     );
                 }
@@ -414,7 +426,13 @@ impl Pool {
             generation: self.spec.generation,
             desired: self.desired,
             reason: self.reason.clone(),
-            replicas: self.replicas.values().map(replica_status).collect(),
+            replicas: {
+                let (now, min_ready) = (Instant::now(), dur(&self.spec.min_ready));
+                self.replicas
+                    .values()
+                    .map(|r| replica_status(r, now, min_ready))
+                    .collect()
+            },
             schedule: self.schedule.clone(),
             in_flight: self.in_flight,
             updated_at: String::new(),
@@ -436,7 +454,15 @@ impl Pool {
     }
 }
 
-fn replica_status(r: &Replica) -> ReplicaStatus {
+/// Running, and healthy for at least `min_ready` since it last became so: a replaced
+/// replica that crashes soon after its first good check does not let the roll go on.
+fn settled(r: &Replica, now: Instant, min_ready: Duration) -> bool {
+    r.state == State::Running
+        && r.running_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= min_ready)
+}
+
+fn replica_status(r: &Replica, now: Instant, min_ready: Duration) -> ReplicaStatus {
     let state = match r.state {
         State::Starting => "starting",
         State::Running => "running",
@@ -460,6 +486,7 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
         last_exit: r.last_exit.clone(),
         started_at: r.started.map(|(_, t)| stamp(t)),
         outdated: r.outdated && r.child.is_some(),
+        settling: r.rolled && r.state == State::Running && !settled(r, now, min_ready),
     }
 }
 
@@ -714,6 +741,7 @@ fn probe(spec: &ServiceSpec, health: &HealthCheck, r: &mut Replica, now: Instant
                 if r.tracker.record(true) == Some(Health::Healthy) {
                     tracing::info!(service = %spec.name, replica = r.index, "healthy");
                     r.state = State::Running;
+                    r.running_since = Some(now);
                     r.restarts.on_stable();
                 }
             }
@@ -1008,6 +1036,73 @@ mod tests {
             assert_eq!(st.running(), 2);
             assert_eq!(st.outdated(), 2);
 
+            remove_all(&mut pool).await;
+        });
+    }
+
+    /// `min_ready`: a build that passes its first check and then crashes stops the roll at
+    /// its first replica (the others keep their processes); a good build goes through, each
+    /// replacement healthy for `min_ready` before the next goes, and apply's view
+    /// (`settling`) clears only once the last one has been.
+    #[test]
+    fn a_replacement_must_stay_healthy_for_min_ready_before_the_roll_goes_on() {
+        let (_t, sd, rt) = fixture();
+        let min_ready = Duration::from_secs(2);
+        let spec = ServiceSpec {
+            min_ready: "2s".into(),
+            ..real_spec(vec!["sleep".into(), "60".into()], 3, "exec")
+        };
+        rt.block_on(async {
+            let mut pool = running_pool(&sd, &spec).await;
+            let old_pids: Vec<u32> = (1..3).map(|i| pid_of(&pool, i).unwrap()).collect();
+            let sh = |script: &str| vec!["sh".into(), "-c".into(), script.into()];
+            pool.update(
+                ServiceSpec {
+                    command: sh("sleep 1; exit 1"),
+                    ..spec.clone()
+                },
+                "2".into(),
+            );
+            run_for(&mut pool, Duration::from_secs(6)).await;
+            let st = pool.status();
+            assert_eq!(
+                (1..3)
+                    .map(|i| pid_of(&pool, i).unwrap())
+                    .collect::<Vec<_>>(),
+                old_pids,
+                "the roll went past a replica that crashed within min_ready: {st:?}"
+            );
+            assert_eq!(st.outdated(), 2, "{st:?}");
+
+            pool.update(
+                ServiceSpec {
+                    command: vec!["sleep".into(), "61".into()],
+                    ..spec.clone()
+                },
+                "3".into(),
+            );
+            let since = Instant::now();
+            loop {
+                let st = pool.status();
+                let all_new = st
+                    .replicas
+                    .iter()
+                    .all(|r| r.pid.is_some_and(|p| cmdline(p).contains("61")));
+                if all_new && st.running() == 3 && st.outdated() == 0 && st.settling() == 0 {
+                    break;
+                }
+                assert!(
+                    st.running() >= 2,
+                    "more than one replica out at once: {st:?}"
+                );
+                assert!(since.elapsed() < Duration::from_secs(40), "{st:?}");
+                run_for(&mut pool, Duration::from_millis(20)).await;
+            }
+            assert!(
+                since.elapsed() >= min_ready * 3,
+                "each replacement must be healthy for min_ready before the next: {:?}",
+                since.elapsed()
+            );
             remove_all(&mut pool).await;
         });
     }
