@@ -150,6 +150,8 @@ pub fn run(a: StatusArgs) -> Result<i32> {
                         rep.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                         if rep.outdated {
                             format!("{} (outdated)", rep.state)
+                        } else if rep.settling {
+                            format!("{} (settling)", rep.state)
                         } else {
                             rep.state.clone()
                         },
