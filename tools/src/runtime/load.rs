@@ -95,13 +95,20 @@ mod tests {
                 .filter(|l| l.contains(&hex))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(with, before + 1, "port {port}: {:#?}", table());
+        // At least ours: a connection from another test thread can land on this port too
+        // (one that picked a port, released it and then connected to it, expecting nothing
+        // there); seen once at 16 test threads, gone again by the time the table was read.
+        assert!(
+            with > before,
+            "port {port}: {with} <= {before}: {:#?}",
+            table()
+        );
         drop((c, s));
         // Closed once every copy of the descriptors is: a process another test thread
         // forks at this moment holds copies until it execs (close-on-exec). Seen at 16
         // test threads while the supervisor tests were spawning replicas.
         let start = std::time::Instant::now();
-        while established(&[port].into()) != before {
+        while established(&[port].into()) >= with {
             assert!(
                 start.elapsed() < std::time::Duration::from_secs(5),
                 "port {port}: still established 5 s after both ends were closed: {:#?}",
