@@ -194,14 +194,8 @@ pub fn check(diags: &mut Diagnostics, r: &Value<RateLimitBlock>) {
             "by and limit_by/header_name say the same thing: use `by = \"header:<name>\"` or `limit_by = \"header\"` with `header_name`, not both.".into(),
         );
     }
-    if let Value::Value(by) = &r.by {
-        let probe = RateLimit {
-            by: by.clone(),
-            ..Default::default()
-        };
-        if let Err(e) = probe.key_header() {
-            bad("by", "Invalid by".into(), format!("{e}."));
-        }
+    if let Some(e) = known(&r.by).and_then(key_error) {
+        bad("by", "Invalid by".into(), format!("{e}."));
     }
     match (&r.limit_by, &r.header_name) {
         (Value::Value(l), _) if l != "ip" && l != "header" => bad(
@@ -225,16 +219,22 @@ pub fn check(diags: &mut Diagnostics, r: &Value<RateLimitBlock>) {
             "header_name is only used with limit_by = \"header\": set limit_by too.".into(),
         ),
         (Value::Value(_), Value::Value(h)) => {
-            let probe = RateLimit {
-                by: format!("header:{h}"),
-                ..Default::default()
-            };
-            if let Err(e) = probe.key_header() {
+            if let Some(e) = key_error(format!("header:{h}")) {
                 bad("header_name", "Invalid header_name".into(), format!("{e}."));
             }
         }
         _ => {}
     }
+}
+
+/// Why `by` cannot key a rate limit, in the engine's words.
+fn key_error(by: String) -> Option<String> {
+    RateLimit {
+        by,
+        ..Default::default()
+    }
+    .key_header()
+    .err()
 }
 
 #[cfg(test)]

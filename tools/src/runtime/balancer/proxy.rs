@@ -305,6 +305,12 @@ pub async fn handle(
         _ => lb.next_request_id(),
     };
     let request_id = rid.to_str().unwrap_or("-");
+    // Answers the balancer makes or passes on carry the id, unless told not to.
+    let echo_id = |h: &mut hyper::HeaderMap, rid: &HeaderValue| {
+        if corr.echo {
+            h.insert(&corr.name, rid.clone());
+        }
+    };
 
     // Over a rate limit: 429 at once. Under it: what is left, for the answer's headers.
     let quota = match lb.limiter() {
@@ -325,21 +331,16 @@ pub async fn handle(
                     let h = r.headers_mut();
                     h.insert("retry-after", HeaderValue::from(no.retry_after()));
                     no.quota.write(h);
-                    if corr.echo {
-                        h.insert(&corr.name, rid.clone());
-                    }
+                    echo_id(h, &rid);
                     lb.finish(request_id, &peer, "-", 429, start, 0);
                     return Ok(r);
                 }
             }
         }
     };
-    // Answers the balancer makes or passes on carry the id, unless told not to, and the
-    // client's quota when a rate limit is set.
+    // ... and the client's quota when a rate limit is set.
     let echo = |h: &mut hyper::HeaderMap, rid: &HeaderValue| {
-        if corr.echo {
-            h.insert(&corr.name, rid.clone());
-        }
+        echo_id(h, rid);
         if let Some(q) = &quota {
             q.write(h);
         }
