@@ -445,3 +445,117 @@ fn an_early_answer_that_refuses_nothing_lets_the_upload_go_on() {
     );
     h.stop();
 }
+
+/// Answers read back to back from `raw`, one per method in `methods`: status, head, body.
+fn answers(mut raw: &[u8], methods: &[&str]) -> Vec<(u16, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for m in methods {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no answer head for {m} in {:?}",
+                    String::from_utf8_lossy(raw)
+                )
+            })
+            + 4;
+        let head = String::from_utf8_lossy(&raw[..end]).to_lowercase();
+        let code: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        raw = &raw[end..];
+        let body = if *m == "HEAD" || code == 204 || code == 304 {
+            Vec::new()
+        } else if head.contains("transfer-encoding: chunked") {
+            let (b, complete) = dechunk(raw);
+            assert!(complete, "{head}");
+            let at = raw.windows(5).position(|w| w == b"0\r\n\r\n").unwrap() + 5;
+            raw = &raw[at..];
+            b
+        } else {
+            let n: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(raw.len());
+            let b = raw[..n].to_vec();
+            raw = &raw[n..];
+            b
+        };
+        out.push((code, head, body));
+    }
+    assert!(raw.is_empty(), "bytes after the last answer: {raw:?}");
+    out
+}
+
+/// Requests pipelined on one kept-alive connection: bodiless ones (served by the
+/// balancer's fast path), then one with a body (from which hyper serves the connection),
+/// then one more that closes. Every answer comes back complete and in order, an answer of
+/// unknown length is chunked, and the request id of each is its own. An HTTP/1.0 client
+/// gets an answer it can read (close-delimited).
+#[test]
+fn pipelined_requests_across_both_paths_on_one_connection() {
+    let t = target();
+    let h = balancer::start(localdr_e2e::balancer_spec("pipe", &[(t.port, 1)]), None).unwrap();
+    let lb = h.listen.port();
+    let mut s = TcpStream::connect(("127.0.0.1", lb)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /chunked HTTP/1.1\r\nHost: x\r\nX-Request-ID: one\r\n\r\n\
+          HEAD /len HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /close HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /nocontent HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody\
+          GET /chunked HTTP/1.1\r\nHost: x\r\nX-Request-ID: last\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let a = answers(&raw, &["GET", "HEAD", "GET", "GET", "POST", "GET"]);
+    let got: Vec<(u16, &[u8])> = a.iter().map(|(c, _, b)| (*c, b.as_slice())).collect();
+    assert_eq!(
+        got,
+        [
+            (200, &b"hello world"[..]),
+            (200, &b""[..]),
+            (200, &b"until the end"[..]),
+            (204, &b""[..]),
+            (200, &b"body"[..]),
+            (200, &b"hello world"[..]),
+        ]
+    );
+    assert!(a[0].1.contains("x-request-id: one\r\n"), "{}", a[0].1);
+    assert!(a[1].1.contains("content-length: 10\r\n"), "{}", a[1].1);
+    assert!(
+        a[2].1.contains("transfer-encoding: chunked\r\n"),
+        "{}",
+        a[2].1
+    );
+    assert!(a[5].1.contains("x-request-id: last\r\n"), "{}", a[5].1);
+    assert!(a[5].1.contains("connection: close\r\n"), "{}", a[5].1);
+    for (_, head, _) in &a {
+        assert!(head.contains("\r\ndate: "), "{head}");
+    }
+    let ids: std::collections::HashSet<&str> = a
+        .iter()
+        .filter_map(|(_, h, _)| h.lines().find_map(|l| l.strip_prefix("x-request-id: ")))
+        .collect();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+
+    // HTTP/1.0: no chunked encoding, so the end of the body is the end of the connection.
+    let mut s = TcpStream::connect(("127.0.0.1", lb)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /close HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw).to_lowercase();
+    assert!(
+        raw.starts_with("http/1.0 200") || raw.starts_with("http/1.1 200"),
+        "{raw}"
+    );
+    assert!(
+        !raw.contains("chunked") && raw.ends_with("\r\n\r\nuntil the end"),
+        "{raw}"
+    );
+    h.stop();
+}

@@ -8,6 +8,7 @@
 mod accept;
 pub mod admin;
 mod chunked;
+mod fast;
 pub mod pick;
 pub mod proxy;
 pub mod ratelimit;
@@ -349,6 +350,15 @@ impl Balancer {
     /// the last 12 count requests (2^48 of them before one repeats): no clock read per
     /// request.
     pub fn next_request_id(&self) -> hyper::header::HeaderValue {
+        let buf = self.next_request_id_bytes();
+        // Owned by one shared allocation: the id is cloned into the upstream request and the
+        // answer, and a value copied from a slice would allocate again on its first clone.
+        hyper::header::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+            .expect("hex digits are a valid header value")
+    }
+
+    /// A new request id's 24 hex digits.
+    pub fn next_request_id_bytes(&self) -> [u8; 24] {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let v = (*ID_PREFIX as u128) << 48 | (n & ((1 << 48) - 1)) as u128;
         const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -356,10 +366,7 @@ impl Balancer {
         for (i, b) in buf.iter_mut().enumerate() {
             *b = HEX[((v >> (4 * (23 - i))) & 0xf) as usize];
         }
-        // Owned by one shared allocation: the id is cloned into the upstream request and the
-        // answer, and a value copied from a slice would allocate again on its first clone.
-        hyper::header::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
-            .expect("hex digits are a valid header value")
+        buf
     }
 
     pub fn next_jitter(&self) -> u64 {
@@ -369,7 +376,7 @@ impl Balancer {
             >> 7
     }
 
-    /// Metrics and the access log line for a finished request.
+    /// Metrics and the access log line for a finished request; the time it finished.
     pub fn finish(
         &self,
         id: &str,
@@ -378,7 +385,7 @@ impl Balancer {
         status: u16,
         start: Instant,
         retries: u32,
-    ) {
+    ) -> Instant {
         let el = start.elapsed();
         self.retry_budget.record_request(start + el);
         let m = &self.metrics;
@@ -403,6 +410,7 @@ impl Balancer {
                 );
             }
         }
+        start + el
     }
 
     fn flush_access_log(&self) {
@@ -583,6 +591,10 @@ async fn serve(
                     let _guard = guard;
                     let ip = hyper::header::HeaderValue::from_str(&peer.ip().to_string())
                         .unwrap_or(hyper::header::HeaderValue::from_static("unknown"));
+                    let s = match fast::serve(&lb, s, peer, &ip, &mut stop, client_timeout).await {
+                        fast::Served::Done => return,
+                        fast::Served::Handoff(io) => io,
+                    };
                     let svc = hyper::service::service_fn(move |req| {
                         proxy::handle(lb.clone(), req, peer, ip.clone())
                     });

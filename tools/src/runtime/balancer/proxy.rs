@@ -165,7 +165,7 @@ fn hop_by_hop() -> [&'static HeaderName; 8] {
 /// with this hop only). One pass over the names present says which fixed ones are there,
 /// so only those cost a lookup (on every request and answer); no allocation unless
 /// `Connection` names something.
-fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
+pub(super) fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
     let fixed = hop_by_hop();
     let mut present = 0u16;
     for k in h.keys() {
@@ -258,7 +258,7 @@ fn linger(mut body: Body) {
     });
 }
 
-fn idempotent(m: &hyper::Method) -> bool {
+pub(super) fn idempotent(m: &hyper::Method) -> bool {
     matches!(
         *m,
         hyper::Method::GET
@@ -444,6 +444,7 @@ pub async fn handle(
                     method: &parts.method,
                     target: path.as_str(),
                     headers: &headers,
+                    raw: &[],
                     host: Some(target.authority.as_str()),
                     body: b,
                     upgrade: upgrade.as_ref(),
@@ -466,6 +467,7 @@ pub async fn handle(
                     method: &parts.method,
                     target: path.as_str(),
                     headers: &headers,
+                    raw: &[],
                     host: Some(target.authority.as_str()),
                     body: &[],
                     upgrade: None,
@@ -493,29 +495,17 @@ pub async fn handle(
             echo(r.headers_mut(), &rid);
             return Ok(r);
         }
-        let (outcome, resp, nothing_sent) = match sent {
-            Ok(Ok(resp)) => {
-                let code = resp.status().as_u16();
-                let bad = cfg
-                    .healthchecks
-                    .passive
-                    .unhealthy
-                    .http_statuses
-                    .contains(&code);
-                (
-                    if bad {
-                        Outcome::HttpFailure
-                    } else {
-                        Outcome::Success
-                    },
-                    Some(resp),
-                    false,
-                )
-            }
-            Ok(Err(SendError::Connect(_))) => (Outcome::TcpFailure, None, true),
-            Ok(Err(SendError::Http(_))) => (Outcome::TcpFailure, None, false),
-            Err(_) => (Outcome::Timeout, None, false),
+        let status = match &sent {
+            Ok(Ok(resp)) => Some(resp.status().as_u16()),
+            _ => None,
         };
+        let (outcome, nothing_sent) = outcome(
+            status,
+            matches!(sent, Ok(Err(SendError::Connect(_)))),
+            sent.is_err(),
+            &cfg,
+        );
+        let resp = sent.ok().and_then(Result::ok);
         lb.observe(&target, outcome, &cfg);
         // Asked only after a failed attempt: the budget reads the clock.
         let can_retry = || {
@@ -572,13 +562,7 @@ pub async fn handle(
         };
         target.failures.fetch_add(1, Ordering::Relaxed);
         if !can_retry {
-            let (code, msg) = match outcome {
-                Outcome::Timeout => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the target did not answer in time",
-                ),
-                _ => (StatusCode::BAD_GATEWAY, "the target failed"),
-            };
+            let (code, msg) = failure(outcome);
             lb.finish(
                 request_id,
                 &peer,
@@ -596,6 +580,43 @@ pub async fn handle(
         // Jittered backoff: 0–(10 ms × attempt), so retries do not arrive in lockstep.
         let jitter = (lb.next_jitter() % 10 + 1) * retries as u64;
         tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+    }
+}
+
+/// What an attempt says of its target (passive health): by the answer's status, else by
+/// how it failed; and whether the request surely never reached the target (no connection
+/// could be made), which makes any request safe to send elsewhere.
+pub(super) fn outcome(
+    status: Option<u16>,
+    connect_failed: bool,
+    timed_out: bool,
+    cfg: &crate::spec::BalancerSpec,
+) -> (Outcome, bool) {
+    match status {
+        Some(code)
+            if cfg
+                .healthchecks
+                .passive
+                .unhealthy
+                .http_statuses
+                .contains(&code) =>
+        {
+            (Outcome::HttpFailure, false)
+        }
+        Some(_) => (Outcome::Success, false),
+        None if timed_out => (Outcome::Timeout, false),
+        None => (Outcome::TcpFailure, connect_failed),
+    }
+}
+
+/// The balancer's answer when a request's last attempt failed.
+pub(super) fn failure(o: Outcome) -> (StatusCode, &'static str) {
+    match o {
+        Outcome::Timeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "the target did not answer in time",
+        ),
+        _ => (StatusCode::BAD_GATEWAY, "the target failed"),
     }
 }
 

@@ -24,7 +24,7 @@ use super::targets::TargetState;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Frame, SizeHint};
 use hyper::header::TRANSFER_ENCODING;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use hyper::{Method, Response, StatusCode};
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -191,6 +191,9 @@ pub struct Outgoing<'a> {
     /// Origin form: the path and query.
     pub target: &'a str,
     pub headers: &'a HeaderMap,
+    /// Header lines already encoded (`name: value\r\n` each), sent after `headers`: the
+    /// fast path ([`super::fast`]) copies the client's lines as they came.
+    pub raw: &'a [u8],
     /// The Host to state when `headers` has none (the target's address).
     pub host: Option<&'a str>,
     pub body: &'a [u8],
@@ -199,12 +202,42 @@ pub struct Outgoing<'a> {
     pub upgrade: Option<&'a HeaderValue>,
 }
 
-/// Send `req` to `t` on an idle connection or a new one.
+/// Send `req` to `t` on an idle connection or a new one; the answer with its headers in a
+/// map (hyper's path).
 pub async fn send(
     t: &Arc<TargetState>,
     req: &Outgoing<'_>,
     connect_timeout: Duration,
 ) -> Result<Response<Body>, SendError> {
+    let ((status, headers), body) = send_with(t, req, connect_timeout, to_map).await?;
+    let mut resp = Response::new(Body::Pooled(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// An answer's head as a status and a header map.
+fn to_map(a: &Answer<'_>) -> Result<(StatusCode, HeaderMap), SendError> {
+    let mut headers = HeaderMap::with_capacity(a.headers.len());
+    for h in a.headers {
+        let k = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| SendError::Http(format!("bad header name {:?}", h.name)))?;
+        let v = HeaderValue::from_bytes(h.value)
+            .map_err(|_| SendError::Http(format!("bad value for header {k}")))?;
+        headers.append(k, v);
+    }
+    Ok((a.status, headers))
+}
+
+/// Send `req` to `t` on an idle connection or a new one. `take` sees the answer's head
+/// where it was read (the fast path copies it to the client from there); the body follows
+/// from the connection.
+pub async fn send_with<R>(
+    t: &Arc<TargetState>,
+    req: &Outgoing<'_>,
+    connect_timeout: Duration,
+    take: impl FnOnce(&Answer<'_>) -> Result<R, SendError>,
+) -> Result<(R, Pooled), SendError> {
     let head_only = *req.method == Method::HEAD;
     loop {
         let (mut c, reused) = match t.idle.pop() {
@@ -233,7 +266,12 @@ pub async fn send(
         if c.out.capacity() > KEEP_OUT {
             c.out = Vec::new();
         }
-        return read_answer(c, t, head_only, req.upgrade.is_some(), true).await;
+        let how = How {
+            head_only,
+            upgrade: req.upgrade.is_some(),
+            may_reuse: true,
+        };
+        return read_answer(c, t, how, take).await;
     }
 }
 
@@ -281,6 +319,7 @@ fn encode_start(out: &mut Vec<u8>, r: &Outgoing<'_>) {
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(r.raw);
     if let Some(u) = r.upgrade {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
         out.extend_from_slice(u.as_bytes());
@@ -306,21 +345,38 @@ enum Framing {
     Switched,
 }
 
+/// A target's (final) answer head, parsed where it was read.
+pub struct Answer<'a> {
+    pub status: StatusCode,
+    pub headers: &'a [httparse::Header<'a>],
+    /// What the client is to be told of the body's length: `None` when the answer has no
+    /// body (to a HEAD, a 204, a 304, a 101), `Some(None)` when it is not known (chunked,
+    /// or until the target closes), `Some(Some(n))` for `n` bytes.
+    pub length: Option<Option<u64>>,
+    /// The target's `Connection` value: the headers it names are hop-by-hop.
+    pub connection: Option<&'a [u8]>,
+    /// Whether it had a `Date`.
+    pub dated: bool,
+}
+
 /// Read the answer's head; 1xx interim answers are skipped (but for a 101 to a request
-/// that asked to `upgrade`, which ends the HTTP exchange).
-async fn read_answer(
+/// that asked to `upgrade`, which ends the HTTP exchange). `take` makes what the caller
+/// wants of the head while it is still in the buffer.
+async fn read_answer<R>(
     mut c: Conn,
     t: &Arc<TargetState>,
-    head_only: bool,
-    upgrade: bool,
-    may_reuse: bool,
-) -> Result<Response<Body>, SendError> {
+    how: How,
+    take: impl FnOnce(&Answer<'_>) -> Result<R, SendError>,
+) -> Result<(R, Pooled), SendError> {
     use SendError::Http;
     loop {
         if !c.buf.is_empty() {
-            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut r = httparse::Response::new(&mut hs);
-            match r.parse(&c.buf) {
+            let mut hs =
+                [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut r = httparse::Response::new(&mut []);
+            match httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut r, &c.buf, &mut hs)
+            {
                 Ok(httparse::Status::Complete(n)) => {
                     let code = r.code.unwrap_or(0);
                     if (100..200).contains(&code) && code != 101 {
@@ -329,40 +385,35 @@ async fn read_answer(
                     }
                     let status = StatusCode::from_u16(code)
                         .map_err(|_| Http(format!("bad status {code}")))?;
-                    // Where each header sits in the head: the values then share the head's
-                    // memory rather than each getting a copy (an allocation per header).
-                    let base = c.buf.as_ptr() as usize;
-                    let count = r.headers.len();
-                    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-                    for (a, h) in at.iter_mut().zip(r.headers.iter()) {
-                        let name = h.name.as_ptr() as usize - base;
-                        let value = h.value.as_ptr() as usize - base;
-                        *a = (name, name + h.name.len(), value, value + h.value.len());
-                    }
-                    let http10 = r.version == Some(0);
-                    let head = c.buf.split_to(n).freeze();
-                    let mut headers = HeaderMap::with_capacity(count);
                     let mut facts = Facts::default();
-                    for &(name, name_end, value, end) in &at[..count] {
-                        let name = &head[name..name_end];
-                        let k = HeaderName::from_bytes(name).map_err(|_| {
-                            Http(format!(
-                                "bad header name {:?}",
-                                String::from_utf8_lossy(name)
-                            ))
-                        })?;
-                        let v = HeaderValue::from_maybe_shared(head.slice(value..end))
-                            .map_err(|_| Http(format!("bad value for header {k}")))?;
-                        facts.note(&k, &v);
-                        headers.append(k, v);
+                    for h in r.headers.iter() {
+                        facts.note(h.name, h.value);
                     }
-                    let how = How {
-                        http10,
-                        head_only,
-                        upgrade,
-                        may_reuse,
+                    let framing = framing(status, &facts, &how)?;
+                    let length = match &framing {
+                        Framing::Length(n) if !how.head_only && !bodiless(status) => Some(Some(*n)),
+                        Framing::Chunked(_) | Framing::Close => Some(None),
+                        _ => None,
                     };
-                    return answer(c, t, status, headers, facts, how);
+                    let made = take(&Answer {
+                        status,
+                        headers: r.headers,
+                        length,
+                        connection: facts.connection,
+                        dated: facts.dated,
+                    })?;
+                    let reusable = how.may_reuse
+                        && !facts.close
+                        && (r.version != Some(0) || facts.keep_alive)
+                        && !matches!(framing, Framing::Switched);
+                    let _ = c.buf.split_to(n);
+                    let mut body = Pooled {
+                        conn: Some(c),
+                        framing,
+                        back: reusable.then(|| t.clone()),
+                    };
+                    body.check_done();
+                    return Ok((made, body));
                 }
                 Ok(httparse::Status::Partial) if c.buf.len() > MAX_HEAD => {
                     return Err(Http(format!("answer head over {MAX_HEAD} bytes")))
@@ -379,38 +430,49 @@ async fn read_answer(
     }
 }
 
-/// What an answer's headers say about its framing and its connection, noted while its
-/// header map is built, so nothing is looked up in the map afterwards.
+/// Statuses whose answers never have a body (RFC 9112 §6.3).
+fn bodiless(s: StatusCode) -> bool {
+    s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED
+}
+
+/// What an answer's headers say about its framing and its connection, noted in one pass
+/// over them.
 #[derive(Default)]
-struct Facts {
-    /// The last Transfer-Encoding value: its last coding decides the framing.
-    te: Option<HeaderValue>,
+struct Facts<'a> {
+    /// Whether the last Transfer-Encoding value ends in `chunked` (its last coding decides
+    /// the framing); `None` without one.
+    chunked: Option<bool>,
     content_length: Option<u64>,
     bad_length: Option<&'static str>,
     close: bool,
     keep_alive: bool,
+    connection: Option<&'a [u8]>,
+    dated: bool,
 }
 
-impl Facts {
-    fn note(&mut self, k: &HeaderName, v: &HeaderValue) {
-        if *k == TRANSFER_ENCODING {
-            self.te = Some(v.clone());
-        } else if *k == CONTENT_LENGTH {
+impl<'a> Facts<'a> {
+    fn note(&mut self, k: &str, v: &'a [u8]) {
+        if k.eq_ignore_ascii_case("transfer-encoding") {
+            let last = v.rsplit(|&b| b == b',').next().unwrap_or(b"");
+            self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if k.eq_ignore_ascii_case("content-length") {
             if self.bad_length.is_none() {
                 if let Err(e) = add_content_length(&mut self.content_length, v) {
                     self.bad_length = Some(e);
                 }
             }
-        } else if *k == CONNECTION {
+        } else if k.eq_ignore_ascii_case("connection") {
             self.close |= has_token(v, "close");
             self.keep_alive |= has_token(v, "keep-alive");
+            self.connection = Some(v);
+        } else if k.eq_ignore_ascii_case("date") {
+            self.dated = true;
         }
     }
 }
 
 /// What, beside its headers, decides how an answer is read.
 struct How {
-    http10: bool,
     /// The request was a HEAD: no body follows, whatever the headers say.
     head_only: bool,
     /// The request asked to switch protocols.
@@ -420,70 +482,37 @@ struct How {
     may_reuse: bool,
 }
 
-fn answer(
-    c: Conn,
-    t: &Arc<TargetState>,
-    status: StatusCode,
-    headers: HeaderMap,
-    facts: Facts,
-    how: How,
-) -> Result<Response<Body>, SendError> {
-    let How {
-        http10,
-        head_only,
-        upgrade,
-        may_reuse,
-    } = how;
+/// How the answer's body ends (RFC 9112 §6.3).
+fn framing(status: StatusCode, facts: &Facts<'_>, how: &How) -> Result<Framing, SendError> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        if !upgrade {
+        if !how.upgrade {
             return Err(SendError::Http(
                 "101 to a request that did not ask to switch protocols".into(),
             ));
         }
-        let body = Pooled {
-            conn: Some(c),
-            framing: Framing::Switched,
-            back: None,
-        };
-        let mut resp = Response::new(Body::Pooled(body));
-        *resp.status_mut() = status;
-        *resp.headers_mut() = headers;
-        return Ok(resp);
+        return Ok(Framing::Switched);
     }
-    let framing =
-        if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Framing::Length(0)
-        } else if let Some(te) = &facts.te {
-            let last = te.as_bytes().rsplit(|&b| b == b',').next().unwrap_or(b"");
-            if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                Framing::Chunked(Chunked::default())
-            } else {
-                Framing::Close
-            }
-        } else if let Some(e) = facts.bad_length {
-            return Err(SendError::Http(e.into()));
-        } else if let Some(cl) = facts.content_length {
-            Framing::Length(cl)
+    Ok(if how.head_only || bodiless(status) {
+        Framing::Length(0)
+    } else if let Some(chunked) = facts.chunked {
+        if chunked {
+            Framing::Chunked(Chunked::default())
         } else {
             Framing::Close
-        };
-    let reusable = may_reuse && !facts.close && (!http10 || facts.keep_alive);
-    let mut body = Pooled {
-        conn: Some(c),
-        framing,
-        back: reusable.then(|| t.clone()),
-    };
-    body.check_done();
-    let mut resp = Response::new(Body::Pooled(body));
-    *resp.status_mut() = status;
-    *resp.headers_mut() = headers;
-    Ok(resp)
+        }
+    } else if let Some(e) = facts.bad_length {
+        return Err(SendError::Http(e.into()));
+    } else if let Some(cl) = facts.content_length {
+        Framing::Length(cl)
+    } else {
+        Framing::Close
+    })
 }
 
 /// Fold one Content-Length value (possibly a list) into `n`: every length stated must be
 /// the same; several that disagree are refused (RFC 9112 §6.3).
-fn add_content_length(n: &mut Option<u64>, v: &HeaderValue) -> Result<(), &'static str> {
-    for part in v.as_bytes().split(|&b| b == b',') {
+fn add_content_length(n: &mut Option<u64>, v: &[u8]) -> Result<(), &'static str> {
+    for part in v.split(|&b| b == b',') {
         let p = std::str::from_utf8(part.trim_ascii())
             .ok()
             .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
@@ -497,9 +526,8 @@ fn add_content_length(n: &mut Option<u64>, v: &HeaderValue) -> Result<(), &'stat
     Ok(())
 }
 
-fn has_token(v: &HeaderValue, token: &str) -> bool {
-    v.as_bytes()
-        .split(|&b| b == b',')
+pub fn has_token(v: &[u8], token: &str) -> bool {
+    v.split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
@@ -591,6 +619,12 @@ impl Pooled {
                 }
             }
         }
+    }
+
+    /// Its length is not known ahead (chunked, or until the target closes): it goes to the
+    /// client chunked.
+    pub fn is_chunked_out(&self) -> bool {
+        matches!(self.framing, Framing::Chunked(_) | Framing::Close)
     }
 
     pub fn is_end_stream(&self) -> bool {
@@ -735,7 +769,16 @@ pub async fn send_streaming(
             }
         }
     }
-    read_answer(c, t, req.method == Method::HEAD, false, false).await
+    let how = How {
+        head_only: req.method == Method::HEAD,
+        upgrade: false,
+        may_reuse: false,
+    };
+    let ((status, headers), body) = read_answer(c, t, how, to_map).await?;
+    let mut resp = Response::new(Body::Pooled(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
 }
 
 /// `write!` into a `BytesMut` (chunk sizes).
@@ -809,6 +852,7 @@ mod tests {
                 method: &p.method,
                 target: p.uri.path_and_query().unwrap().as_str(),
                 headers: &p.headers,
+                raw: &[],
                 host: Some("t:1"),
                 body: &body,
                 upgrade: upgrade
@@ -892,7 +936,7 @@ mod tests {
         let h = |vs: &[&str]| {
             let mut f = Facts::default();
             for v in vs {
-                f.note(&CONTENT_LENGTH, &HeaderValue::from_str(v).unwrap());
+                f.note("Content-Length", v.as_bytes());
             }
             match f.bad_length {
                 Some(e) => Err(e),
@@ -913,13 +957,11 @@ mod tests {
     #[test]
     fn connection_tokens_are_matched_whole_and_caseless() {
         let mut f = Facts::default();
-        f.note(
-            &CONNECTION,
-            &HeaderValue::from_static("Keep-Alive, x-closed"),
-        );
+        f.note("connection", b"Keep-Alive, x-closed");
         assert!(f.keep_alive);
         assert!(!f.close);
-        f.note(&CONNECTION, &HeaderValue::from_static("CLOSE"));
+        f.note("Connection", b"CLOSE");
+        assert_eq!(f.connection, Some(&b"CLOSE"[..]));
         assert!(f.close);
     }
 }
