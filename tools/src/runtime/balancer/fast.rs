@@ -367,7 +367,8 @@ async fn forward(
     let mut n_tried = 0;
     let mut retries = 0u32;
     loop {
-        let Some(target) = lb.choose(&tried[..n_tried]) else {
+        let attempt_start = if retries == 0 { start } else { Instant::now() };
+        let Some(target) = lb.choose_at(&tried[..n_tried], attempt_start) else {
             return Err((
                 None,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -381,7 +382,6 @@ async fn forward(
         }
         target.in_flight.fetch_add(1, Ordering::Relaxed);
         target.requests.fetch_add(1, Ordering::Relaxed);
-        let attempt_start = if retries == 0 { start } else { Instant::now() };
         deadline.set(attempt_start + lb.read_timeout());
         let out = upstream::Outgoing {
             method: &req.head.method,
@@ -450,9 +450,10 @@ fn hop_by_hop(name: &str) -> bool {
         "trailer",
         "upgrade",
     ];
-    NAMES
-        .iter()
-        .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+    matches!(name.len(), 2 | 7 | 10 | 16 | 18 | 19)
+        && NAMES
+            .iter()
+            .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
 }
 
 /// The client's head of a target's answer: the status line, the target's headers less
@@ -465,16 +466,29 @@ fn write_head(out: &mut Vec<u8>, a: &upstream::Answer<'_>, req: &Req<'_>) {
     out.extend_from_slice(a.status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let rid_name = req.corr.name.as_str();
+    // Framing headers are the balancer's to state, but for an answer without a body (to a
+    // HEAD, a 304), whose length describes the body it would have had.
+    let restated = a.length.is_some() || a.status == StatusCode::NO_CONTENT;
+    // Headers the target's `Connection` names, if it names any beyond the usual tokens.
+    let named = a.connection.filter(|c| {
+        c.split(|&b| b == b',').any(|t| {
+            let t = t.trim_ascii();
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+                && !t.eq_ignore_ascii_case(b"close")
+        })
+    });
     for h in a.headers {
         let n = h.name;
-        let framing =
-            n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding");
-        // Framing headers are the balancer's to state, but for an answer without a body
-        // (to a HEAD, a 304), whose length describes the body it would have had.
-        if (framing && (a.length.is_some() || a.status == StatusCode::NO_CONTENT))
+        let framing = match n.len() {
+            14 => n.eq_ignore_ascii_case("content-length"),
+            17 => n.eq_ignore_ascii_case("transfer-encoding"),
+            _ => false,
+        };
+        if (framing && restated)
             || hop_by_hop(n)
             || (req.corr.echo && n.eq_ignore_ascii_case(rid_name))
-            || a.connection.is_some_and(|c| upstream::has_token(c, n))
+            || named.is_some_and(|c| upstream::has_token(c, n))
         {
             continue;
         }

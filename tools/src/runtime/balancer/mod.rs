@@ -240,7 +240,12 @@ impl Balancer {
     /// before any target is tried twice.
     /// `tried` holds target identities ([`TargetState::id`]).
     pub fn choose(&self, tried: &[usize]) -> Option<Arc<TargetState>> {
-        let now = Instant::now();
+        self.choose_at(tried, Instant::now())
+    }
+
+    /// [`Balancer::choose`] with the clock already read (a request's first attempt has just
+    /// read it).
+    pub fn choose_at(&self, tried: &[usize], now: Instant) -> Option<Arc<TargetState>> {
         let targets = self.targets();
         let slow = Duration::from_millis(self.slow_start_ms.load(Ordering::Relaxed));
         let picker = self.picker.load();
@@ -249,15 +254,16 @@ impl Balancer {
             CANDIDATES.with(|c| {
                 let mut c = c.borrow_mut();
                 c.clear();
+                // One look at each target's health: availability and weight together.
                 c.extend(
                     targets
                         .iter()
-                        .filter(|t| {
-                            t.backup == backup && (!only_available || proxy::usable(t, now))
-                        })
-                        .filter(|t| !t.draining.load(Ordering::Relaxed))
+                        .filter(|t| t.backup == backup && !t.draining.load(Ordering::Relaxed))
                         .filter(|t| !fresh || !tried.contains(&t.id()))
-                        .map(|t| (t.clone(), t.effective_weight(now, slow))),
+                        .filter_map(|t| {
+                            let (available, w) = t.weight_now(now, slow);
+                            (available || !only_available).then(|| (t.clone(), w))
+                        }),
                 );
                 let r = picker.pick(&c);
                 c.clear();
@@ -293,11 +299,12 @@ impl Balancer {
 
     /// Count a live request's outcome (passive health).
     pub fn observe(&self, t: &TargetState, o: Outcome, cfg: &BalancerSpec) {
-        let now = Instant::now();
         if o == Outcome::Success {
-            t.record_passive(o, &cfg.healthchecks, now, true);
+            // A success ejects nothing: no clock needed.
+            t.record_success();
             return;
         }
+        let now = Instant::now();
         let targets = self.targets();
         let primaries = targets.iter().filter(|x| !x.backup).count().max(1);
         let ejected = targets

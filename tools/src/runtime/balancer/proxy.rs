@@ -416,7 +416,14 @@ pub async fn handle(
     let mut n_tried = 0;
     let mut retries = 0u32;
     loop {
-        let Some(target) = lb.choose(&tried[..n_tried]) else {
+        // An attempt's deadline counts from when it starts; the first one's start is a
+        // clock reading already made.
+        let attempt_start = if retries == 0 {
+            first_attempt
+        } else {
+            Instant::now()
+        };
+        let Some(target) = lb.choose_at(&tried[..n_tried], attempt_start) else {
             lb.finish(request_id, &peer, "-", 503, start, retries);
             return Ok(simple(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -429,13 +436,6 @@ pub async fn handle(
         }
         target.in_flight.fetch_add(1, Ordering::Relaxed);
         target.requests.fetch_add(1, Ordering::Relaxed);
-        // An attempt's deadline counts from when it starts; the first one's start is a
-        // clock reading already made.
-        let attempt_start = if retries == 0 {
-            first_attempt
-        } else {
-            Instant::now()
-        };
         let deadline = tokio::time::Instant::from_std(attempt_start + lb.read_timeout());
         let sent = match &mut body {
             // Borrowed: a retry sends the same head and body again without copying them.

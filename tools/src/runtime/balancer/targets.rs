@@ -89,11 +89,7 @@ impl TargetState {
 
     /// Can take new requests now: healthy, not ejected, not draining.
     pub fn available(&self, now: Instant) -> bool {
-        if self.draining.load(Ordering::Relaxed) || self.weight == 0 {
-            return false;
-        }
-        let h = self.health.lock().expect("health lock");
-        h.healthy && h.ejected_until.is_none_or(|t| now >= t)
+        self.weight_now(now, Duration::ZERO).0
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -106,14 +102,25 @@ impl TargetState {
 
     /// Weight after slow start: ramps linearly from 10% over `slow_start` after readmission.
     pub fn effective_weight(&self, now: Instant, slow_start: Duration) -> u32 {
+        self.weight_now(now, slow_start).1
+    }
+
+    /// [`TargetState::available`] and [`TargetState::effective_weight`] under one lock (both
+    /// are asked of every target on every pick).
+    pub fn weight_now(&self, now: Instant, slow_start: Duration) -> (bool, u32) {
         let h = self.health.lock().expect("health lock");
-        match h.readmitted_at {
+        let available = !self.draining.load(Ordering::Relaxed)
+            && self.weight != 0
+            && h.healthy
+            && h.ejected_until.is_none_or(|t| now >= t);
+        let w = match h.readmitted_at {
             Some(t) if !slow_start.is_zero() && now.duration_since(t) < slow_start => {
                 let f = now.duration_since(t).as_secs_f64() / slow_start.as_secs_f64();
                 ((self.weight as f64) * (0.1 + 0.9 * f)).ceil().max(1.0) as u32
             }
             _ => self.weight,
-        }
+        };
+        (available, w)
     }
 
     /// An active probe's result. Active checks re-admit (also targets ejected by passive
@@ -140,6 +147,14 @@ impl TargetState {
     /// A live request's result. Enough failures eject the target for
     /// `base_ejection_time × ejections`, at most `max_ejection_time`; `allowed` says
     /// whether ejecting would stay within `max_ejection_percent`.
+    /// A live request's success (passive health).
+    pub fn record_success(&self) {
+        bump(
+            &mut self.health.lock().expect("health lock").passive,
+            Outcome::Success,
+        );
+    }
+
     pub fn record_passive(
         &self,
         o: Outcome,

@@ -452,21 +452,25 @@ struct Facts<'a> {
 
 impl<'a> Facts<'a> {
     fn note(&mut self, k: &str, v: &'a [u8]) {
-        if k.eq_ignore_ascii_case("transfer-encoding") {
-            let last = v.rsplit(|&b| b == b',').next().unwrap_or(b"");
-            self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if k.eq_ignore_ascii_case("content-length") {
-            if self.bad_length.is_none() {
+        // By length first: most headers are none of these, and are passed over at once.
+        match k.len() {
+            4 if k.eq_ignore_ascii_case("date") => self.dated = true,
+            10 if k.eq_ignore_ascii_case("connection") => {
+                self.close |= has_token(v, "close");
+                self.keep_alive |= has_token(v, "keep-alive");
+                self.connection = Some(v);
+            }
+            // After a bad one, the answer is refused whatever follows.
+            14 if k.eq_ignore_ascii_case("content-length") && self.bad_length.is_none() => {
                 if let Err(e) = add_content_length(&mut self.content_length, v) {
                     self.bad_length = Some(e);
                 }
             }
-        } else if k.eq_ignore_ascii_case("connection") {
-            self.close |= has_token(v, "close");
-            self.keep_alive |= has_token(v, "keep-alive");
-            self.connection = Some(v);
-        } else if k.eq_ignore_ascii_case("date") {
-            self.dated = true;
+            17 if k.eq_ignore_ascii_case("transfer-encoding") => {
+                let last = v.rsplit(|&b| b == b',').next().unwrap_or(b"");
+                self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            _ => {}
         }
     }
 }
