@@ -6,12 +6,14 @@
 //! answer, a boxed timer per request) cost more CPU than the proxying itself. Here a
 //! request head is parsed in place with `httparse`, its header lines are copied to the
 //! target as they came (less the hop-by-hop ones), and the target's answer is written
-//! back in one write when it is small. A connection whose request this path does not
-//! serve (a body, an upgrade, `Expect`, HTTP/1.0, absolute-form, a parse error, a rate
-//! limit to apply) goes to hyper for good, with the bytes already read, so every corner of
-//! HTTP/1.1 stays hyper's.
+//! back in one write when it is small. Rate limits, request ids, retries and passive health
+//! checks are applied as on hyper's path, with the same choices. A connection whose
+//! request this path does not serve (a body, an upgrade, `Expect`, HTTP/1.0,
+//! absolute-form, a parse error) goes to hyper for good, with the bytes already read, so
+//! every corner of HTTP/1.1 stays hyper's.
 
 use super::proxy;
+use super::ratelimit::{Quota, RateLimiter};
 use super::targets::Outcome;
 use super::targets::TargetState;
 use super::upstream::{self, SendError};
@@ -44,6 +46,8 @@ struct Head {
     has_host: bool,
     rid: Option<(usize, usize)>,
     xff: Option<(usize, usize)>,
+    /// The value of the header a rate limit counts clients by.
+    key: Option<(usize, usize)>,
 }
 
 enum Inspect {
@@ -64,7 +68,8 @@ fn visible(v: &[u8]) -> bool {
 }
 
 /// Parse the head at the start of `buf`; the header lines to pass on go to `lines`.
-fn inspect(buf: &[u8], lines: &mut Vec<u8>, rid_name: &str) -> Inspect {
+/// `key_name`: the header a rate limit counts clients by, if any.
+fn inspect(buf: &[u8], lines: &mut Vec<u8>, rid_name: &str, key_name: Option<&str>) -> Inspect {
     let mut hs = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut r = httparse::Request::new(&mut []);
     let len = match r.parse_with_uninit_headers(buf, &mut hs) {
@@ -93,12 +98,18 @@ fn inspect(buf: &[u8], lines: &mut Vec<u8>, rid_name: &str) -> Inspect {
         has_host: false,
         rid: None,
         xff: None,
+        key: None,
     };
     lines.clear();
-    let (mut rid_seen, mut xff_seen) = (false, false);
+    let (mut rid_seen, mut xff_seen, mut key_seen) = (false, false, false);
     for h in r.headers.iter() {
         let n = h.name.as_bytes();
         let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+        // The first one, as hyper's path reads it.
+        if !key_seen && key_name.is_some_and(is) {
+            key_seen = true;
+            head.key = visible(h.value).then(|| span(buf, h.value));
+        }
         match n.len() {
             2 if is("te") => continue,
             4 if is("host") => head.has_host = true,
@@ -263,10 +274,13 @@ pub async fn serve(
         let corr = lb.correlation();
         let head = loop {
             if !buf.is_empty() {
-                if lb.limiter().is_some() {
-                    return Served::Handoff(Prefixed { pre: buf, io });
-                }
-                match inspect(&buf, &mut lines, corr.name.as_str()) {
+                // Looked up per head, not held: a guard held while a connection idles
+                // would pin an old limiter and use up the swap's fast slots.
+                let key_name = lb
+                    .limiter()
+                    .and_then(|g| g.as_ref().as_ref().and_then(|l| l.header().cloned()));
+                let key_name = key_name.as_ref().map(|h| h.as_str());
+                match inspect(&buf, &mut lines, corr.name.as_str(), key_name) {
                     Inspect::Serve(h) => break h,
                     Inspect::Other => return Served::Handoff(Prefixed { pre: buf, io }),
                     Inspect::Partial => {}
@@ -307,15 +321,54 @@ pub async fn serve(
         lines.extend_from_slice(rid);
         lines.extend_from_slice(b"\r\n");
         let path = std::str::from_utf8(&buf[head.path.0..head.path.1]).unwrap_or("/");
+        let id = std::str::from_utf8(rid).unwrap_or("-");
+        let close = head.close || *watch.borrow();
+        // Over a rate limit: 429 at once. Under it: what is left, for the answer's head.
+        let checked = lb.limiter().map(|guard| {
+            let rl = guard
+                .as_ref()
+                .as_ref()
+                .expect("limiter() only returns a set limiter");
+            let value = head
+                .key
+                .and_then(|(a, b)| std::str::from_utf8(&buf[a..b]).ok());
+            rl.check(&RateLimiter::key_for(value, peer.ip()), start)
+        });
+        let quota = match checked {
+            None => None,
+            Some(Ok(q)) => Some(q),
+            Some(Err(no)) => {
+                lb.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                now = lb.finish(id, &peer, "-", 429, start, 0);
+                let req = Req {
+                    head: &head,
+                    path,
+                    lines: &lines,
+                    rid,
+                    corr: &corr,
+                    close,
+                    quota: Some(&no.quota),
+                };
+                let msg = format!("rate limit exceeded: {} per {}", no.limit, no.unit);
+                down.clear();
+                let wait = Some(no.retry_after());
+                simple(&mut down, StatusCode::TOO_MANY_REQUESTS, &msg, &req, wait);
+                if io.write_all(&down).await.is_err() || close {
+                    return Served::Done;
+                }
+                bytes::Buf::advance(&mut buf, head.len);
+                continue;
+            }
+        };
         let req = Req {
             head: &head,
             path,
             lines: &lines,
             rid,
             corr: &corr,
-            close: head.close || *watch.borrow(),
+            close,
+            quota: quota.as_ref(),
         };
-        let id = std::str::from_utf8(rid).unwrap_or("-");
         let written = match forward(lb, &req, start, &mut deadline, &mut down).await {
             Ok((target, status, body, retries)) => {
                 let r = write_body(&mut io, &mut down, body).await;
@@ -326,7 +379,7 @@ pub async fn serve(
                 let target = target.as_ref().map_or("-", |t| t.address.as_str());
                 now = lb.finish(id, &peer, target, code.as_u16(), start, retries);
                 down.clear();
-                simple(&mut down, code, msg, &req);
+                simple(&mut down, code, msg, &req, None);
                 io.write_all(&down).await
             }
         };
@@ -347,6 +400,8 @@ struct Req<'a> {
     corr: &'a super::Correlation,
     /// The connection closes after the answer (the client asked, or the balancer stops).
     close: bool,
+    /// The client's quota, when a rate limit is set: its headers go on every answer.
+    quota: Option<&'a Quota>,
 }
 
 type Forwarded = (Arc<TargetState>, u16, upstream::Pooled, u32);
@@ -489,6 +544,7 @@ fn write_head(out: &mut Vec<u8>, a: &upstream::Answer<'_>, req: &Req<'_>) {
             || hop_by_hop(n)
             || (req.corr.echo && n.eq_ignore_ascii_case(rid_name))
             || named.is_some_and(|c| upstream::has_token(c, n))
+            || (req.quota.is_some() && Quota::is_quota_header(n))
         {
             continue;
         }
@@ -503,6 +559,7 @@ fn write_head(out: &mut Vec<u8>, a: &upstream::Answer<'_>, req: &Req<'_>) {
         out.extend_from_slice(req.rid);
         out.extend_from_slice(b"\r\n");
     }
+    quota_lines(out, req.quota);
     if !a.dated {
         date(out);
     }
@@ -555,8 +612,20 @@ fn date(out: &mut Vec<u8>) {
     });
 }
 
-/// An answer the balancer makes itself (502, 503, 504).
-fn simple(out: &mut Vec<u8>, code: StatusCode, msg: &str, req: &Req<'_>) {
+/// The quota headers, when a rate limit is set.
+fn quota_lines(out: &mut Vec<u8>, quota: Option<&Quota>) {
+    if let Some(q) = quota {
+        q.each(|name, v| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(itoa(v, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+        });
+    }
+}
+
+/// An answer the balancer makes itself (429, 502, 503, 504).
+fn simple(out: &mut Vec<u8>, code: StatusCode, msg: &str, req: &Req<'_>, retry_after: Option<u64>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(code.as_str().as_bytes());
     out.push(b' ');
@@ -570,6 +639,12 @@ fn simple(out: &mut Vec<u8>, code: StatusCode, msg: &str, req: &Req<'_>) {
         out.extend_from_slice(req.rid);
         out.extend_from_slice(b"\r\n");
     }
+    if let Some(secs) = retry_after {
+        out.extend_from_slice(b"retry-after: ");
+        out.extend_from_slice(itoa(secs, &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\n");
+    }
+    quota_lines(out, req.quota);
     date(out);
     if req.close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -648,7 +723,7 @@ mod tests {
 
     fn serve(h: &str) -> (Head, String) {
         let mut lines = Vec::new();
-        match inspect(h.as_bytes(), &mut lines, "x-request-id") {
+        match inspect(h.as_bytes(), &mut lines, "x-request-id", Some("x-api-key")) {
             Inspect::Serve(head) => (head, String::from_utf8(lines).unwrap()),
             Inspect::Partial => panic!("partial: {h:?}"),
             Inspect::Other => panic!("handed over: {h:?}"),
@@ -657,7 +732,7 @@ mod tests {
 
     fn handed_over(h: &str) -> bool {
         matches!(
-            inspect(h.as_bytes(), &mut Vec::new(), "x-request-id"),
+            inspect(h.as_bytes(), &mut Vec::new(), "x-request-id", None),
             Inspect::Other
         )
     }
@@ -691,7 +766,8 @@ mod tests {
             inspect(
                 b"GET / HTTP/1.1\r\nHost: a\r\n",
                 &mut Vec::new(),
-                "x-request-id"
+                "x-request-id",
+                None
             ),
             Inspect::Partial
         ));
@@ -715,7 +791,14 @@ mod tests {
         assert_eq!(at(head.path), "/p?q");
         assert_eq!(at(head.xff.unwrap()), "10.0.0.1");
         assert_eq!(at(head.rid.unwrap()), "abc");
+        assert!(head.key.is_none(), "no X-Api-Key: counted by IP");
         assert_eq!(&h[head.len..], "GET /next");
+
+        // The rate limit's header is read (its first value) and still passed on.
+        let h = "GET / HTTP/1.1\r\nX-Api-Key: k1\r\nx-api-key: k2\r\n\r\n";
+        let (head, lines) = serve(h);
+        assert_eq!(&h[head.key.unwrap().0..head.key.unwrap().1], "k1");
+        assert_eq!(lines, "X-Api-Key: k1\r\nx-api-key: k2\r\n");
 
         // An id that is not plain text is replaced, as on hyper's path.
         let (head, _) = serve("GET / HTTP/1.1\r\nX-Request-ID: \u{e9}\r\n\r\n");
@@ -763,6 +846,7 @@ mod tests {
             has_host: true,
             rid: None,
             xff: None,
+            key: None,
         };
         let c = corr(echo);
         let req = Req {
@@ -772,6 +856,7 @@ mod tests {
             rid: b"id1",
             corr: &c,
             close,
+            quota: None,
         };
         let mut out = Vec::new();
         write_head(&mut out, &a, &req);

@@ -58,20 +58,35 @@ impl Quota {
 
     /// Kong's headers: per window, and `RateLimit-*` for the tightest.
     pub fn write(&self, h: &mut HeaderMap) {
+        self.each(|name, v| {
+            h.insert(name, HeaderValue::from(v));
+        });
+    }
+
+    /// Each of Kong's headers with its value, for [`Quota::write`] and the fast path (which
+    /// writes header lines, not a map).
+    pub fn each(&self, mut f: impl FnMut(&'static HeaderName, u64)) {
         for &(limit, left, _, unit) in &self.left {
             let (l, r) = match unit {
                 "second" => (&LIMIT_SECOND, &REMAINING_SECOND),
                 "minute" => (&LIMIT_MINUTE, &REMAINING_MINUTE),
                 _ => (&LIMIT_HOUR, &REMAINING_HOUR),
             };
-            h.insert(l, HeaderValue::from(limit));
-            h.insert(r, HeaderValue::from(left));
+            f(l, limit.into());
+            f(r, left.into());
         }
         if let Some(&(limit, left, reset, _)) = self.left.iter().min_by_key(|l| l.1) {
-            h.insert(&RATELIMIT_LIMIT, HeaderValue::from(limit));
-            h.insert(&RATELIMIT_REMAINING, HeaderValue::from(left));
-            h.insert(&RATELIMIT_RESET, HeaderValue::from(reset));
+            f(&RATELIMIT_LIMIT, limit.into());
+            f(&RATELIMIT_REMAINING, left.into());
+            f(&RATELIMIT_RESET, reset);
         }
+    }
+
+    /// Is `name` one of the quota headers (which the balancer's replace the target's)?
+    pub fn is_quota_header(name: &str) -> bool {
+        let n = name.as_bytes();
+        (n.len() > 12 && n[..12].eq_ignore_ascii_case(b"x-ratelimit-"))
+            || (n.len() > 10 && n[..10].eq_ignore_ascii_case(b"ratelimit-"))
     }
 }
 
@@ -128,13 +143,24 @@ impl RateLimiter {
     /// The key a request is counted under: its header's value, or its IP when counting by
     /// IP or when the header is absent (Kong's fallback; otherwise every client without
     /// the header would share, and exhaust, one bucket).
+    /// The header clients are counted by, if not by IP.
+    pub fn header(&self) -> Option<&HeaderName> {
+        self.header.as_ref()
+    }
+
     pub fn key(&self, headers: &HeaderMap, ip: IpAddr) -> String {
-        match self
+        let value = self
             .header
             .as_ref()
             .and_then(|h| headers.get(h))
-            .and_then(|v| v.to_str().ok())
-        {
+            .and_then(|v| v.to_str().ok());
+        RateLimiter::key_for(value, ip)
+    }
+
+    /// The key for a client with this value of the counted header (`None`: absent, not
+    /// plain text, or counting by IP).
+    pub fn key_for(value: Option<&str>, ip: IpAddr) -> String {
+        match value {
             Some(v) => format!("h:{v}"),
             None => format!("ip:{ip}"),
         }
