@@ -334,31 +334,11 @@ pub async fn serve(
                 .and_then(|(a, b)| std::str::from_utf8(&buf[a..b]).ok());
             rl.check(&RateLimiter::key_for(value, peer.ip()), start)
         });
-        let quota = match checked {
+        // Every answer carries the quota; a refusal's is what the refused client has left.
+        let quota = match &checked {
             None => None,
             Some(Ok(q)) => Some(q),
-            Some(Err(no)) => {
-                lb.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                now = lb.finish(id, &peer, "-", 429, start, 0);
-                let req = Req {
-                    head: &head,
-                    path,
-                    lines: &lines,
-                    rid,
-                    corr: &corr,
-                    close,
-                    quota: Some(&no.quota),
-                };
-                let msg = format!("rate limit exceeded: {} per {}", no.limit, no.unit);
-                down.clear();
-                let wait = Some(no.retry_after());
-                simple(&mut down, StatusCode::TOO_MANY_REQUESTS, &msg, &req, wait);
-                if io.write_all(&down).await.is_err() || close {
-                    return Served::Done;
-                }
-                bytes::Buf::advance(&mut buf, head.len);
-                continue;
-            }
+            Some(Err(no)) => Some(&no.quota),
         };
         let req = Req {
             head: &head,
@@ -367,8 +347,21 @@ pub async fn serve(
             rid,
             corr: &corr,
             close,
-            quota: quota.as_ref(),
+            quota,
         };
+        if let Some(Err(no)) = &checked {
+            lb.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            now = lb.finish(id, &peer, "-", 429, start, 0);
+            let msg = format!("rate limit exceeded: {} per {}", no.limit, no.unit);
+            down.clear();
+            let wait = Some(no.retry_after());
+            simple(&mut down, StatusCode::TOO_MANY_REQUESTS, &msg, &req, wait);
+            if io.write_all(&down).await.is_err() || close {
+                return Served::Done;
+            }
+            bytes::Buf::advance(&mut buf, head.len);
+            continue;
+        }
         let written = match forward(lb, &req, start, &mut deadline, &mut down).await {
             Ok((target, status, body, retries)) => {
                 let r = write_body(&mut io, &mut down, body).await;
@@ -892,38 +885,32 @@ mod tests {
             h.ends_with(" GMT\r\nconnection: close\r\ncontent-length: 2\r\n\r\n"),
             "{h}"
         );
-        // Without echo, the target's own id header passes.
-        let h = head_for(
-            200,
-            &[("Date", "d"), ("X-Request-ID", "theirs")],
-            Some(Some(0)),
-            false,
-            false,
-        );
-        assert_eq!(
-            h,
-            "HTTP/1.1 200 OK\r\nDate: d\r\nX-Request-ID: theirs\r\ncontent-length: 0\r\n\r\n"
-        );
-        // No body (a HEAD, a 304): the target's length stays, it describes the GET's body.
-        let h = head_for(
-            304,
-            &[("Date", "d"), ("Content-Length", "10")],
-            None,
-            false,
-            false,
-        );
-        assert_eq!(
-            h,
-            "HTTP/1.1 304 Not Modified\r\nDate: d\r\nContent-Length: 10\r\n\r\n"
-        );
-        let h = head_for(
-            204,
-            &[("Date", "d"), ("Content-Length", "0")],
-            None,
-            false,
-            false,
-        );
-        assert_eq!(h, "HTTP/1.1 204 No Content\r\nDate: d\r\n\r\n");
+        type Case<'a> = (u16, &'a [(&'a str, &'a str)], Option<Option<u64>>, &'a str);
+        let cases: [Case<'_>; 3] = [
+            // Without echo, the target's own id header passes.
+            (
+                200,
+                &[("Date", "d"), ("X-Request-ID", "theirs")],
+                Some(Some(0)),
+                "HTTP/1.1 200 OK\r\nDate: d\r\nX-Request-ID: theirs\r\ncontent-length: 0\r\n\r\n",
+            ),
+            // No body (a HEAD, a 304): the target's length stays, it describes the GET's.
+            (
+                304,
+                &[("Date", "d"), ("Content-Length", "10")],
+                None,
+                "HTTP/1.1 304 Not Modified\r\nDate: d\r\nContent-Length: 10\r\n\r\n",
+            ),
+            (
+                204,
+                &[("Date", "d"), ("Content-Length", "0")],
+                None,
+                "HTTP/1.1 204 No Content\r\nDate: d\r\n\r\n",
+            ),
+        ];
+        for (status, headers, length, want) in cases {
+            assert_eq!(head_for(status, headers, length, false, false), want);
+        }
     }
 
     #[test]
