@@ -799,6 +799,11 @@ mod tests {
             .and_then(|r| r.pid)
     }
 
+    /// The pids of replicas 1 and 2: the ones a stopped roll must leave alone.
+    fn later_pids(pool: &Pool) -> Vec<u32> {
+        (1..3).map(|i| pid_of(pool, i).unwrap()).collect()
+    }
+
     fn state_of(pool: &Pool, index: u32) -> Option<String> {
         pool.status()
             .replicas
@@ -1015,7 +1020,7 @@ mod tests {
             );
 
             // A command that exits at once never becomes healthy: the roll stops there.
-            let old_pids: Vec<u32> = (1..3).map(|i| pid_of(&pool, i).unwrap()).collect();
+            let old_pids = later_pids(&pool);
             pool.update(
                 ServiceSpec {
                     command: vec!["false".into()],
@@ -1027,9 +1032,7 @@ mod tests {
             let st = pool.status();
             assert_ne!(state_of(&pool, 0).as_deref(), Some("running"), "{st:?}");
             assert_eq!(
-                (1..3)
-                    .map(|i| pid_of(&pool, i).unwrap())
-                    .collect::<Vec<_>>(),
+                later_pids(&pool),
                 old_pids,
                 "the roll went on past a replica that never became healthy: {st:?}"
             );
@@ -1054,7 +1057,7 @@ mod tests {
         };
         rt.block_on(async {
             let mut pool = running_pool(&sd, &spec).await;
-            let old_pids: Vec<u32> = (1..3).map(|i| pid_of(&pool, i).unwrap()).collect();
+            let old_pids = later_pids(&pool);
             let sh = |script: &str| vec!["sh".into(), "-c".into(), script.into()];
             pool.update(
                 ServiceSpec {
@@ -1066,9 +1069,7 @@ mod tests {
             run_for(&mut pool, Duration::from_secs(6)).await;
             let st = pool.status();
             assert_eq!(
-                (1..3)
-                    .map(|i| pid_of(&pool, i).unwrap())
-                    .collect::<Vec<_>>(),
+                later_pids(&pool),
                 old_pids,
                 "the roll went past a replica that crashed within min_ready: {st:?}"
             );

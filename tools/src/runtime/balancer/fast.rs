@@ -67,6 +67,22 @@ fn visible(v: &[u8]) -> bool {
     v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
+/// Note where a header's value sits the first time the header is seen (hyper's path reads
+/// the first one too), if it is usable as text; later ones change nothing.
+fn first(slot: &mut Option<Option<(usize, usize)>>, buf: &[u8], v: &[u8]) {
+    if slot.is_none() {
+        *slot = Some(visible(v).then(|| span(buf, v)));
+    }
+}
+
+/// `name: value` and the line's end.
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Parse the head at the start of `buf`; the header lines to pass on go to `lines`.
 /// `key_name`: the header a rate limit counts clients by, if any.
 fn inspect(buf: &[u8], lines: &mut Vec<u8>, rid_name: &str, key_name: Option<&str>) -> Inspect {
@@ -101,14 +117,12 @@ fn inspect(buf: &[u8], lines: &mut Vec<u8>, rid_name: &str, key_name: Option<&st
         key: None,
     };
     lines.clear();
-    let (mut rid_seen, mut xff_seen, mut key_seen) = (false, false, false);
+    let (mut rid, mut xff, mut key) = (None, None, None);
     for h in r.headers.iter() {
         let n = h.name.as_bytes();
         let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
-        // The first one, as hyper's path reads it.
-        if !key_seen && key_name.is_some_and(is) {
-            key_seen = true;
-            head.key = visible(h.value).then(|| span(buf, h.value));
+        if key_name.is_some_and(is) {
+            first(&mut key, buf, h.value);
         }
         match n.len() {
             2 if is("te") => continue,
@@ -134,12 +148,9 @@ fn inspect(buf: &[u8], lines: &mut Vec<u8>, rid_name: &str, key_name: Option<&st
                 }
                 continue;
             }
+            // All are replaced by the balancer's.
             15 if is("x-forwarded-for") => {
-                // The first one, as hyper's path reads it; all are replaced.
-                if !xff_seen {
-                    xff_seen = true;
-                    head.xff = visible(h.value).then(|| span(buf, h.value));
-                }
+                first(&mut xff, buf, h.value);
                 continue;
             }
             16 if is("proxy-connection") => continue,
@@ -148,19 +159,14 @@ fn inspect(buf: &[u8], lines: &mut Vec<u8>, rid_name: &str, key_name: Option<&st
             19 if is("proxy-authorization") => continue,
             _ => {}
         }
+        // The client's id, kept when usable; all are replaced by the one passed on.
         if is(rid_name) {
-            // The client's id, when its first one is usable; all are replaced.
-            if !rid_seen {
-                rid_seen = true;
-                head.rid = visible(h.value).then(|| span(buf, h.value));
-            }
+            first(&mut rid, buf, h.value);
             continue;
         }
-        lines.extend_from_slice(n);
-        lines.extend_from_slice(b": ");
-        lines.extend_from_slice(h.value);
-        lines.extend_from_slice(b"\r\n");
+        line(lines, n, h.value);
     }
+    (head.rid, head.xff, head.key) = (rid.flatten(), xff.flatten(), key.flatten());
     Inspect::Serve(head)
 }
 
@@ -486,33 +492,45 @@ async fn forward(
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), which are not passed on.
+/// Hop-by-hop headers (RFC 9110 §7.6.1), which are not passed on: hyper's path's list.
 fn hop_by_hop(name: &str) -> bool {
-    const NAMES: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "upgrade",
-    ];
-    matches!(name.len(), 2 | 7 | 10 | 16 | 18 | 19)
-        && NAMES
-            .iter()
-            .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+    proxy::hop_by_hop()
+        .iter()
+        .any(|n| n.as_str().len() == name.len() && n.as_str().eq_ignore_ascii_case(name))
+}
+
+/// The status line.
+fn status_line(out: &mut Vec<u8>, code: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(code.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(code.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the balancer adds to every answer it sends: the request id (unless told not to),
+/// the client's quota, a `Date` when there is none, and `Connection: close` when the
+/// connection ends after it.
+fn own_lines(out: &mut Vec<u8>, req: &Req<'_>, dated: bool) {
+    if req.corr.echo {
+        line(out, req.corr.name.as_str().as_bytes(), req.rid);
+    }
+    if let Some(q) = req.quota {
+        q.each(|name, v| line(out, name.as_str().as_bytes(), digits(v, 10, &mut [0; 20])));
+    }
+    if !dated {
+        date(out);
+    }
+    if req.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
 }
 
 /// The client's head of a target's answer: the status line, the target's headers less
 /// the hop-by-hop ones (and those its `Connection` names), its framing as the balancer
 /// sends the body, the request id, a `Date` if the target gave none.
 fn write_head(out: &mut Vec<u8>, a: &upstream::Answer<'_>, req: &Req<'_>) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(a.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(a.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    status_line(out, a.status);
     let rid_name = req.corr.name.as_str();
     // Framing headers are the balancer's to state, but for an answer without a body (to a
     // HEAD, a 304), whose length describes the body it would have had.
@@ -541,43 +559,24 @@ fn write_head(out: &mut Vec<u8>, a: &upstream::Answer<'_>, req: &Req<'_>) {
         {
             continue;
         }
-        out.extend_from_slice(n.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        line(out, n.as_bytes(), h.value);
     }
-    if req.corr.echo {
-        out.extend_from_slice(rid_name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(req.rid);
-        out.extend_from_slice(b"\r\n");
-    }
-    quota_lines(out, req.quota);
-    if !a.dated {
-        date(out);
-    }
-    if req.close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
+    own_lines(out, req, a.dated);
     match a.length {
-        Some(Some(n)) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa(n, &mut [0u8; 20]));
-            out.extend_from_slice(b"\r\n");
-        }
+        Some(Some(n)) => line(out, b"content-length", digits(n, 10, &mut [0; 20])),
         Some(None) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         None => {}
     }
     out.extend_from_slice(b"\r\n");
 }
 
-/// `n` in decimal, in `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+/// `n` in base `radix` (10, or 16 for chunk sizes), lower case, in `buf`.
+fn digits(mut n: u64, radix: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
+        buf[i] = b"0123456789abcdef"[(n % radix) as usize];
+        n /= radix;
         if n == 0 {
             return &buf[i..];
         }
@@ -599,49 +598,23 @@ fn date(out: &mut Vec<u8>) {
         if d.0 != secs || d.1.is_empty() {
             *d = (secs, httpdate::fmt_http_date(now));
         }
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(d.1.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        line(out, b"date", d.1.as_bytes());
     });
-}
-
-/// The quota headers, when a rate limit is set.
-fn quota_lines(out: &mut Vec<u8>, quota: Option<&Quota>) {
-    if let Some(q) = quota {
-        q.each(|name, v| {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(itoa(v, &mut [0u8; 20]));
-            out.extend_from_slice(b"\r\n");
-        });
-    }
 }
 
 /// An answer the balancer makes itself (429, 502, 503, 504).
 fn simple(out: &mut Vec<u8>, code: StatusCode, msg: &str, req: &Req<'_>, retry_after: Option<u64>) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(code.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(code.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
-    out.extend_from_slice(itoa(msg.len() as u64 + 1, &mut [0u8; 20]));
-    out.extend_from_slice(b"\r\n");
-    if req.corr.echo {
-        out.extend_from_slice(req.corr.name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(req.rid);
-        out.extend_from_slice(b"\r\n");
-    }
+    status_line(out, code);
+    out.extend_from_slice(b"content-type: text/plain\r\n");
+    line(
+        out,
+        b"content-length",
+        digits(msg.len() as u64 + 1, 10, &mut [0; 20]),
+    );
     if let Some(secs) = retry_after {
-        out.extend_from_slice(b"retry-after: ");
-        out.extend_from_slice(itoa(secs, &mut [0u8; 20]));
-        out.extend_from_slice(b"\r\n");
+        line(out, b"retry-after", digits(secs, 10, &mut [0; 20]));
     }
-    quota_lines(out, req.quota);
-    date(out);
-    if req.close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
+    own_lines(out, req, false);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(msg.as_bytes());
     out.push(b'\n');
@@ -667,18 +640,7 @@ async fn write_body(
             continue;
         };
         if chunked {
-            let mut hex = [0u8; 16];
-            let mut i = hex.len();
-            let mut n = data.len();
-            loop {
-                i -= 1;
-                hex[i] = b"0123456789abcdef"[n & 15];
-                n >>= 4;
-                if n == 0 {
-                    break;
-                }
-            }
-            out.extend_from_slice(&hex[i..]);
+            out.extend_from_slice(digits(data.len() as u64, 16, &mut [0; 20]));
             out.extend_from_slice(b"\r\n");
         }
         if data.len() >= DIRECT {
@@ -916,7 +878,7 @@ mod tests {
     #[test]
     fn numbers_are_written_in_decimal() {
         for n in [0u64, 7, 10, 1234567890, u64::MAX] {
-            assert_eq!(itoa(n, &mut [0u8; 20]), n.to_string().as_bytes());
+            assert_eq!(digits(n, 10, &mut [0u8; 20]), n.to_string().as_bytes());
         }
     }
 

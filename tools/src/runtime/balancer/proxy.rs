@@ -144,7 +144,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Headers that belong to one connection, not to the message (RFC 9110 §7.6.1). Names,
 /// not strings: a lookup by string parses it first, on every request.
-fn hop_by_hop() -> [&'static HeaderName; 8] {
+pub(super) fn hop_by_hop() -> [&'static HeaderName; 8] {
     use hyper::header::{
         CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE,
     };
@@ -165,7 +165,7 @@ fn hop_by_hop() -> [&'static HeaderName; 8] {
 /// with this hop only). One pass over the names present says which fixed ones are there,
 /// so only those cost a lookup (on every request and answer); no allocation unless
 /// `Connection` names something.
-pub(super) fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
+fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
     let fixed = hop_by_hop();
     let mut present = 0u16;
     for k in h.keys() {

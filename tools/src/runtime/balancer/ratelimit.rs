@@ -140,14 +140,14 @@ impl RateLimiter {
         }
     }
 
-    /// The key a request is counted under: its header's value, or its IP when counting by
-    /// IP or when the header is absent (Kong's fallback; otherwise every client without
-    /// the header would share, and exhaust, one bucket).
     /// The header clients are counted by, if not by IP.
     pub fn header(&self) -> Option<&HeaderName> {
         self.header.as_ref()
     }
 
+    /// The key a request is counted under: its header's value, or its IP when counting by
+    /// IP or when the header is absent (Kong's fallback; otherwise every client without
+    /// the header would share, and exhaust, one bucket).
     pub fn key(&self, headers: &HeaderMap, ip: IpAddr) -> String {
         let value = self
             .header

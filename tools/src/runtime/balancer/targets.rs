@@ -144,9 +144,6 @@ impl TargetState {
         (after != before).then_some(after)
     }
 
-    /// A live request's result. Enough failures eject the target for
-    /// `base_ejection_time × ejections`, at most `max_ejection_time`; `allowed` says
-    /// whether ejecting would stay within `max_ejection_percent`.
     /// A live request's success (passive health).
     pub fn record_success(&self) {
         bump(
@@ -155,6 +152,9 @@ impl TargetState {
         );
     }
 
+    /// A live request's result. Enough failures eject the target for
+    /// `base_ejection_time × ejections`, at most `max_ejection_time`; `allowed` says
+    /// whether ejecting would stay within `max_ejection_percent`.
     pub fn record_passive(
         &self,
         o: Outcome,

@@ -209,11 +209,17 @@ pub async fn send(
     req: &Outgoing<'_>,
     connect_timeout: Duration,
 ) -> Result<Response<Body>, SendError> {
-    let ((status, headers), body) = send_with(t, req, connect_timeout, to_map).await?;
+    send_with(t, req, connect_timeout, to_map)
+        .await
+        .map(into_response)
+}
+
+/// Hyper's answer from a head made by [`to_map`] and the body that follows it.
+fn into_response(((status, headers), body): ((StatusCode, HeaderMap), Pooled)) -> Response<Body> {
     let mut resp = Response::new(Body::Pooled(body));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
-    Ok(resp)
+    resp
 }
 
 /// An answer's head as a status and a header map.
@@ -778,11 +784,7 @@ pub async fn send_streaming(
         upgrade: false,
         may_reuse: false,
     };
-    let ((status, headers), body) = read_answer(c, t, how, to_map).await?;
-    let mut resp = Response::new(Body::Pooled(body));
-    *resp.status_mut() = status;
-    *resp.headers_mut() = headers;
-    Ok(resp)
+    read_answer(c, t, how, to_map).await.map(into_response)
 }
 
 /// `write!` into a `BytesMut` (chunk sizes).
