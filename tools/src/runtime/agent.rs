@@ -102,45 +102,20 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
     let mut idle_since = Instant::now();
     let mut backups = super::backups::Backups::default();
     let mut balancers = super::balancers::Balancers::default();
+    let mut rescan = super::rescan::Rescan::new(sd);
+    let mut names: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
             _ = tick.tick() => {}
         }
-        let names = sd.service_names().unwrap_or_default();
-        for name in &names {
-            let path = sd.service_path(name);
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
-            };
-            let hash = statedir::hash(&bytes);
-            if pools.get(name).is_some_and(|p| p.hash == hash) || rejected.get(name) == Some(&hash)
-            {
-                continue;
-            }
-            let loaded = statedir::parse_service(&path, &bytes).and_then(|l| {
-                let problems = l.spec.validate();
-                if let Some(p) = problems.first() {
-                    bail!("{}: {}: {}", path.display(), p.path, p.message);
-                }
-                Ok(l)
-            });
-            match loaded {
-                Ok(l) => {
-                    rejected.remove(name);
-                    match pools.get_mut(name) {
-                        Some(p) => p.update(l.spec, l.hash),
-                        None => {
-                            pools.insert(name.clone(), Pool::new(sd.clone(), l.spec, l.hash));
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!("ignoring spec: {e:#}");
-                    rejected.insert(name.clone(), hash);
-                }
-            }
+        // Specs are read when their directories changed (see `rescan`); pools, schedules
+        // and balancer status move on every tick.
+        let read_specs = rescan.due(Instant::now());
+        if read_specs {
+            names = sd.service_names().unwrap_or_default();
+            load_services(sd, &names, &mut pools, &mut rejected);
         }
         for (name, p) in pools.iter_mut() {
             if !names.contains(name) {
@@ -150,8 +125,8 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
         for p in pools.values_mut() {
             p.tick();
         }
-        backups.tick(sd, true);
-        balancers.tick(sd);
+        backups.tick(sd, true, read_specs);
+        balancers.tick(sd, read_specs);
         pools.retain(|name, p| {
             let done = !names.contains(name) && p.is_empty();
             if done {
@@ -175,9 +150,51 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
     let start = Instant::now();
     while backups.busy() && start.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        backups.tick(sd, false);
+        backups.tick(sd, false, false);
     }
     Ok(())
+}
+
+/// Start a pool for each new service spec and hand a changed one to its pool. A spec that
+/// does not parse or validate is logged once per content and otherwise ignored.
+fn load_services(
+    sd: &StateDir,
+    names: &[String],
+    pools: &mut BTreeMap<String, Pool>,
+    rejected: &mut HashMap<String, String>,
+) {
+    for name in names {
+        let path = sd.service_path(name);
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let hash = statedir::hash(&bytes);
+        if pools.get(name).is_some_and(|p| p.hash == hash) || rejected.get(name) == Some(&hash) {
+            continue;
+        }
+        let loaded = statedir::parse_service(&path, &bytes).and_then(|l| {
+            let problems = l.spec.validate();
+            if let Some(p) = problems.first() {
+                bail!("{}: {}: {}", path.display(), p.path, p.message);
+            }
+            Ok(l)
+        });
+        match loaded {
+            Ok(l) => {
+                rejected.remove(name);
+                match pools.get_mut(name) {
+                    Some(p) => p.update(l.spec, l.hash),
+                    None => {
+                        pools.insert(name.clone(), Pool::new(sd.clone(), l.spec, l.hash));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("ignoring spec: {e:#}");
+                rejected.insert(name.clone(), hash);
+            }
+        }
+    }
 }
 
 /// Stop every pool gracefully, then SIGKILL what outlives its `stop_timeout` (+1 s).

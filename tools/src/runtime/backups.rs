@@ -26,6 +26,8 @@ struct Job {
 pub struct Backups {
     jobs: BTreeMap<String, Job>,
     rejected: BTreeMap<String, String>,
+    /// The schedule files found at the last look.
+    names: Vec<String>,
 }
 
 fn stamp(t: DateTime<Utc>) -> String {
@@ -52,11 +54,9 @@ impl Backups {
         self.jobs.values().any(|j| j.running.is_some())
     }
 
-    /// `start`: whether due runs may start (false while the agent drains).
-    pub fn tick(&mut self, sd: &StateDir, start: bool) {
-        let names = sd.schedule_names().unwrap_or_default();
-        let now = Utc::now();
-        for name in &names {
+    /// Take in new and changed schedule files; a bad one is logged once per content.
+    fn load(&mut self, sd: &StateDir, now: DateTime<Utc>) {
+        for name in &self.names {
             let path = sd.schedule_path(name);
             let Ok(bytes) = std::fs::read(&path) else {
                 continue;
@@ -117,6 +117,17 @@ impl Backups {
                 }
             }
         }
+    }
+
+    /// `start`: whether due runs may start (false while the agent drains); `read_specs`:
+    /// whether to read the schedule files again (the agent asks when `schedules/` changed).
+    pub fn tick(&mut self, sd: &StateDir, start: bool, read_specs: bool) {
+        let now = Utc::now();
+        if read_specs {
+            self.names = sd.schedule_names().unwrap_or_default();
+            self.load(sd, now);
+        }
+        let names = &self.names;
         self.jobs.retain(|n, j| {
             let keep = names.contains(n) || j.running.is_some();
             if !keep {

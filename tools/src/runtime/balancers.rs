@@ -73,6 +73,7 @@ struct Running {
     handle: Option<Runner>,
     error: Option<String>,
     published: Option<BalancerStatus>,
+    published_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -86,7 +87,8 @@ impl Balancers {
         self.running.is_empty()
     }
 
-    pub fn tick(&mut self, sd: &StateDir) {
+    /// Start, reload or stop balancers to match the spec files.
+    fn load(&mut self, sd: &StateDir) {
         let names = sd.balancer_names().unwrap_or_default();
         for name in &names {
             let path = sd.balancer_path(name);
@@ -113,6 +115,7 @@ impl Balancers {
                             handle: prev.and_then(|mut p| p.handle.take()),
                             error: Some(format!("invalid spec: {e}")),
                             published: None,
+                            published_at: None,
                         },
                     );
                     continue;
@@ -145,6 +148,7 @@ impl Balancers {
                     handle,
                     error,
                     published: None,
+                    published_at: None,
                 },
             );
             self.next_publish = None;
@@ -163,6 +167,14 @@ impl Balancers {
                 tracing::info!(balancer = %n, "balancer removed");
             }
             let _ = std::fs::remove_file(sd.balancer_status_path(&n));
+        }
+    }
+
+    /// `read_specs`: whether to read the spec files again (the agent asks when
+    /// `balancers/` changed). Status is published on every call, at most every 500 ms.
+    pub fn tick(&mut self, sd: &StateDir, read_specs: bool) {
+        if read_specs {
+            self.load(sd);
         }
         let now = Instant::now();
         if self.next_publish.is_some_and(|t| now < t) {
@@ -193,11 +205,20 @@ impl Balancers {
                     .unwrap_or(serde_json::Value::Null),
                 queue: qs,
             };
-            if r.published.as_ref() != Some(&st) {
+            let stale = match &r.published {
+                None => true,
+                Some(was) if *was == st => false,
+                Some(was) if counters_only(was, &st) => {
+                    r.published_at.is_none_or(|t| now >= t + COUNTERS_EVERY)
+                }
+                Some(was) => *was != st,
+            };
+            if stale {
                 let p = sd.balancer_status_path(name);
                 let _ = std::fs::create_dir_all(p.parent().expect("status dir"));
                 if crate::atomic::write_json(&p, &st).is_ok() {
                     r.published = Some(st);
+                    r.published_at = Some(now);
                 }
             }
         }
@@ -211,6 +232,30 @@ impl Balancers {
             let _ = std::fs::remove_file(sd.balancer_status_path(&n));
         }
     }
+}
+
+/// Target counters that move with every request.
+const COUNTERS: [&str; 3] = ["in_flight", "requests", "failures"];
+
+/// How often a status that changed only in [`COUNTERS`] is written again. Health, ejections,
+/// drains, errors and the listening address still go out within 500 ms; a busy balancer's
+/// request counts alone would otherwise cost an fsync'd file twice a second.
+const COUNTERS_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether `a` and `b` differ at most in the targets' [`COUNTERS`].
+fn counters_only(a: &BalancerStatus, b: &BalancerStatus) -> bool {
+    let strip = |s: &BalancerStatus| {
+        let mut s = s.clone();
+        if let Some(ts) = s.targets.as_array_mut() {
+            for t in ts.iter_mut().filter_map(|t| t.as_object_mut()) {
+                for k in COUNTERS {
+                    t.remove(k);
+                }
+            }
+        }
+        s
+    };
+    strip(a) == strip(b)
 }
 
 pub(crate) fn placeholder(name: &str) -> BalancerSpec {
@@ -304,7 +349,7 @@ mod tests {
             .collect();
         let mut b = Balancers::default();
         sd.write_balancer(&spec).unwrap();
-        b.tick(&sd);
+        b.tick(&sd, true);
         assert_eq!(addresses(&b), want);
 
         // The addresses it bound, as HCL would state them: a reload, not a restart.
@@ -316,12 +361,65 @@ mod tests {
         spec.targets.clear();
         spec.service = Some("web".into());
         sd.write_balancer(&spec).unwrap();
-        b.tick(&sd);
+        b.tick(&sd, true);
         assert!(
             matches!(&b.running["lb"].handle, Some(Runner::Http(h)) if Arc::ptr_eq(&h.lb, &first)),
             "reloaded in place, not restarted"
         );
         assert_eq!(addresses(&b), want, "targets right after the reload");
+        b.stop_all(&sd);
+    }
+
+    /// Request counts alone are written at most every COUNTERS_EVERY; a change in health or
+    /// draining still goes out at the next publish.
+    #[test]
+    fn counters_alone_do_not_rewrite_the_status_file() {
+        use std::sync::atomic::Ordering;
+        let tmp = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(tmp.path());
+        sd.create().unwrap();
+        let mut spec = placeholder("lb");
+        spec.listen = "127.0.0.1:0".into();
+        spec.admin_listen = "127.0.0.1:0".into();
+        spec.access_log = false;
+        spec.targets = vec![Target {
+            address: "127.0.0.1:40003".into(),
+            weight: 1,
+        }];
+        sd.write_balancer(&spec).unwrap();
+        let mut b = Balancers::default();
+        b.tick(&sd, true);
+        let written = || sd.read_balancer_status("lb").unwrap().unwrap().targets[0].clone();
+        assert_eq!(written()["requests"], 0);
+        let Some(Runner::Http(h)) = &b.running["lb"].handle else {
+            panic!("no HTTP balancer running")
+        };
+        let t = h.lb.targets()[0].clone();
+
+        t.requests.fetch_add(7, Ordering::Relaxed);
+        b.next_publish = None;
+        b.tick(&sd, false);
+        assert_eq!(
+            written()["requests"],
+            0,
+            "counts alone wait for COUNTERS_EVERY"
+        );
+
+        t.draining.store(true, Ordering::Relaxed);
+        b.next_publish = None;
+        b.tick(&sd, false);
+        assert_eq!(written()["draining"], true, "a drain goes out at once");
+        assert_eq!(written()["requests"], 7, "with the counts of the moment");
+
+        t.requests.fetch_add(1, Ordering::Relaxed);
+        b.next_publish = None;
+        b.running.get_mut("lb").unwrap().published_at = Some(Instant::now() - COUNTERS_EVERY);
+        b.tick(&sd, false);
+        assert_eq!(
+            written()["requests"],
+            8,
+            "counts go out after COUNTERS_EVERY"
+        );
         b.stop_all(&sd);
     }
 }

@@ -15,7 +15,6 @@
 
 pub mod claim;
 pub mod exec;
-pub mod inotify;
 pub mod worklog;
 
 use crate::spec::{dur, BalancerSpec, QueueSpec};
@@ -200,7 +199,7 @@ impl Dispatcher {
     fn run(&mut self) -> Result<()> {
         let q = self.q();
         let incoming = PathBuf::from(&q.incoming_dir);
-        let watch = inotify::Watch::new(&incoming);
+        let watch = super::inotify::Watch::new(&incoming, super::inotify::ARRIVALS);
         if watch.is_none() {
             tracing::warn!(balancer = %self.name(), "inotify unavailable: scanning every poll_interval");
         }
