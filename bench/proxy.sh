@@ -243,6 +243,14 @@ for t in [t for t in ["direct", "nginx", "haproxy", "localdr", "localdr-b"] if t
 print()
 for peer in ["nginx", "haproxy"]:
     print(f"localdr / {peer}: req/s {med('localdr',0)/med(peer,0):.2f}×, p99 {med('localdr',2)/med(peer,2):.2f}×, CPU µs/req {med('localdr',3)/med(peer,3):.2f}×")
+# The same ratios taken within each repetition (the targets of one repetition run within a
+# minute of each other), then the median: p99 moves more between repetitions than between
+# proxies, and pairing takes the repetition's own conditions out of the comparison.
+print()
+for peer in ["nginx", "haproxy"]:
+    pair = lambda i: statistics.median(a[i] / b[i] for a, b in zip(by["localdr"], by[peer]))
+    each = " ".join(f"{a[2] / b[2]:.2f}" for a, b in zip(by["localdr"], by[peer]))
+    print(f"paired by repetition, localdr / {peer}: req/s {pair(0):.2f}×, p99 {pair(2):.2f}× (each: {each}), CPU µs/req {pair(3):.2f}×")
 if "localdr-b" in by:
     print(f"localdr / localdr-b: req/s {med('localdr',0)/med('localdr-b',0):.2f}×, p99 {med('localdr',2)/med('localdr-b',2):.2f}×, CPU µs/req {med('localdr',3)/med('localdr-b',3):.2f}×")
 PY

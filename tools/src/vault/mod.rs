@@ -13,6 +13,7 @@
 
 pub mod catalog;
 pub mod copy;
+pub mod listing;
 pub mod lock;
 pub mod manifest;
 pub mod pgrestore;
@@ -94,32 +95,16 @@ impl Vault {
 
     /// Ids of all snapshots (complete manifests), optionally only those of `name`, oldest first.
     pub fn snapshot_ids(&self, name: Option<&str>) -> Result<Vec<String>> {
-        let dir = self.snapshots_dir();
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("could not list {}", dir.display())),
-        };
+        let stems = listing::stems(&self.snapshots_dir())?;
         let mut ids: Vec<(Option<naming::SnapshotName>, String)> = Vec::new();
-        for e in rd {
-            let e = e.with_context(|| format!("could not list {}", dir.display()))?;
-            let fname = e.file_name();
-            let Some(fname) = fname.to_str() else {
-                continue;
-            };
-            if fname.starts_with('.') {
-                continue;
-            }
-            let Some(id) = fname.strip_suffix(".json") else {
-                continue;
-            };
+        for id in stems.iter() {
             match name {
                 Some(n) => {
                     if let Some(p) = naming::parse_for(n, id) {
-                        ids.push((Some(p), id.to_string()));
+                        ids.push((Some(p), id.clone()));
                     }
                 }
-                None => ids.push((None, id.to_string())),
+                None => ids.push((None, id.clone())),
             }
         }
         ids.sort();
