@@ -29,6 +29,29 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("could not fsync directory {}", dir.display()))
 }
 
+/// The `name` of each `<name>.json` in `dir`, unsorted; the temporary files of the writes
+/// below (their names start with `.`) are never listed. Empty when `dir` does not exist.
+pub fn json_stems(dir: &Path) -> Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("could not list {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.with_context(|| format!("could not list {}", dir.display()))?;
+        let n = e.file_name();
+        let Some(n) = n.to_str() else { continue };
+        if n.starts_with('.') {
+            continue;
+        }
+        if let Some(stem) = n.strip_suffix(".json") {
+            out.push(stem.to_string());
+        }
+    }
+    Ok(out)
+}
+
 /// Write `data` to `path` atomically and durably.
 pub fn write(path: &Path, data: &[u8]) -> Result<()> {
     let dir = parent_dir(path);

@@ -318,23 +318,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 }
 
 fn list_json(dir: &Path) -> Result<Vec<String>> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("could not list {}", dir.display())),
-    };
-    let mut out = Vec::new();
-    for e in rd {
-        let e = e?;
-        let n = e.file_name();
-        let Some(n) = n.to_str() else { continue };
-        if n.starts_with('.') {
-            continue;
-        }
-        if let Some(stem) = n.strip_suffix(".json") {
-            out.push(stem.to_string());
-        }
-    }
+    let mut out = crate::atomic::json_stems(dir)?;
     out.sort();
     Ok(out)
 }

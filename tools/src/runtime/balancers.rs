@@ -211,7 +211,7 @@ impl Balancers {
                 Some(was) if counters_only(was, &st) => {
                     r.published_at.is_none_or(|t| now >= t + COUNTERS_EVERY)
                 }
-                Some(was) => *was != st,
+                Some(_) => true,
             };
             if stale {
                 let p = sd.balancer_status_path(name);

@@ -11,9 +11,8 @@
 //! Those times come from the kernel's coarse clock, so two changes within one tick of it
 //! can leave the same times (git's "racy clean" problem). A listing is therefore only kept
 //! when the directory was last changed [`SETTLED`] or more before it was read; a fresher
-//! one is read again on every call. A stale listing would never be
-//! trusted anyway: what a caller does with an id (load its manifest, check its pack) reads
-//! the file itself.
+//! one is read again on every call. Even so, a listing only names ids: what a caller does
+//! with one (load its manifest, check its pack) reads the files themselves.
 
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -58,7 +57,7 @@ pub fn stems(dir: &Path) -> Result<Arc<Vec<String>>> {
             return Ok(v.clone());
         }
     }
-    let listed = Arc::new(read(dir)?);
+    let listed = Arc::new(crate::atomic::json_stems(dir)?);
     let changed = key.mtime.max(key.ctime);
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -76,29 +75,6 @@ pub fn stems(dir: &Path) -> Result<Arc<Vec<String>>> {
         kept.remove(dir);
     }
     Ok(listed)
-}
-
-fn read(dir: &Path) -> Result<Vec<String>> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("could not list {}", dir.display())),
-    };
-    let mut out = Vec::new();
-    for e in rd {
-        let e = e.with_context(|| format!("could not list {}", dir.display()))?;
-        let fname = e.file_name();
-        let Some(fname) = fname.to_str() else {
-            continue;
-        };
-        if fname.starts_with('.') {
-            continue;
-        }
-        if let Some(id) = fname.strip_suffix(".json") {
-            out.push(id.to_string());
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
