@@ -379,6 +379,12 @@ output "outdated" {{
 output "replicas_outdated" {{
   value = [for r in data.localdr_service_status.web.replicas : r.outdated]
 }}
+output "settling" {{
+  value = data.localdr_service_status.web.settling
+}}
+output "replicas_settling" {{
+  value = [for r in data.localdr_service_status.web.replicas : r.settling]
+}}
 "#,
         head = localdr_e2e::terraform_head(Some(sd)),
         w = env!("CARGO_BIN_EXE_localdr-test-worker"),
@@ -434,6 +440,12 @@ fn a_changed_pool_is_replaced_one_replica_at_a_time_without_failed_requests() {
     assert_eq!(tf.output("outdated"), "0");
     assert_eq!(
         tf.output_json("replicas_outdated"),
+        serde_json::json!([false, false, false])
+    );
+    // Apply waited for the last replacement's min_ready: none is still settling.
+    assert_eq!(tf.output("settling"), "0");
+    assert_eq!(
+        tf.output_json("replicas_settling"),
         serde_json::json!([false, false, false])
     );
     std::thread::sleep(Duration::from_millis(300));

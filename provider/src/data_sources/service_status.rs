@@ -27,6 +27,7 @@ pub struct Replica {
     pub restarts: N,
     pub last_exit: S,
     pub outdated: Value<bool>,
+    pub settling: Value<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -38,6 +39,7 @@ pub struct ServiceStatusState {
     pub running: N,
     pub healthy: N,
     pub outdated: N,
+    pub settling: N,
     pub reason: S,
     pub replicas: Value<Vec<Value<Replica>>>,
 }
@@ -67,6 +69,7 @@ impl DataSource for ServiceStatusSource {
             ("restarts", AttributeType::Number),
             ("last_exit", AttributeType::String),
             ("outdated", AttributeType::Bool),
+            ("settling", AttributeType::Bool),
         ];
         Some(Schema {
             version: 1,
@@ -83,8 +86,9 @@ impl DataSource for ServiceStatusSource {
                     "running" => number(Computed, "Replicas in state running."),
                     "healthy" => number(Computed, "Replicas running and healthy."),
                     "outdated" => number(Computed, "Replicas still running an earlier spec's command or env: a rolling replace is under way (or stopped at a new replica that never became healthy)."),
+                    "settling" => number(Computed, "Replacement replicas that are healthy but not yet for `min_ready`: the rolling replace waits for them before it goes on."),
                     "reason" => string(Computed, "Why the desired count is what it is."),
-                    "replicas" => object_list(&replica, "Every replica: index, port, pid (0 when none), state, health, restarts, last_exit, outdated.")
+                    "replicas" => object_list(&replica, "Every replica: index, port, pid (0 when none), state, health, restarts, last_exit, outdated, settling.")
                 },
                 ..Default::default()
             },
@@ -118,6 +122,7 @@ impl DataSource for ServiceStatusSource {
             running: v(0),
             healthy: v(0),
             outdated: v(0),
+            settling: v(0),
             reason: v(String::new()),
             replicas: v(vec![]),
         };
@@ -127,6 +132,7 @@ impl DataSource for ServiceStatusSource {
             out.running = v(st.running() as i64);
             out.healthy = v(st.healthy() as i64);
             out.outdated = v(st.outdated() as i64);
+            out.settling = v(st.settling() as i64);
             out.reason = v(st.reason.clone());
             out.replicas = v(reps
                 .iter()
@@ -140,6 +146,7 @@ impl DataSource for ServiceStatusSource {
                         restarts: v(r.restarts as i64),
                         last_exit: v(r.last_exit.clone().unwrap_or_default()),
                         outdated: v(r.outdated),
+                        settling: v(r.settling),
                     })
                 })
                 .collect());
