@@ -58,24 +58,35 @@ time_plan() { # dir tf [env...] -> seconds of one no-change plan
   t1=$(date +%s.%N)
   python3 -c "print($t1-$t0)"
 }
+# The same two configurations with one resource: the plan's fixed cost (three plugin
+# starts, graph building), so the table can also show what each further resource costs.
+for p in localdr null; do
+  mkdir -p "$W/${p}1"
+  sed -E "s/count( +)= $N/count\1= 1/" "$W/$p/main.tf" > "$W/${p}1/main.tf"
+done
+ln -s ../localdr/files "$W/localdr1/files"
 declare -A RES
 for v in old new; do
   tf=$LOCALDR_TF_OLD; [ $v = new ] && tf=$LOCALDR_TF_NEW
   ver="$("$tf" version | head -n 1)"
-  for p in localdr null; do
+  for p in localdr null localdr1 null1; do
     rm -rf "$W/$p/.terraform" "$W/$p/.terraform.lock.hcl" "$W/$p/terraform.tfstate" "$W/$p/vault"
     "$tf" -chdir="$W/$p" init -input=false -no-color >/dev/null
     "$tf" -chdir="$W/$p" apply -auto-approve -input=false -no-color >/dev/null
     time_plan "$W/$p" "$tf" >/dev/null   # warm-up
   done
   # Interleaved, so both see the same machine conditions.
-  tl=(); tn=()
+  tl=(); tn=(); tl1=(); tn1=()
   for _ in $(seq "$RUNS"); do
     tl+=("$(time_plan "$W/localdr" "$tf")")
     tn+=("$(time_plan "$W/null" "$tf")")
+    tl1+=("$(time_plan "$W/localdr1" "$tf")")
+    tn1+=("$(time_plan "$W/null1" "$tf")")
   done
   RES[$v-localdr]=$(median "${tl[@]}")
   RES[$v-null]=$(median "${tn[@]}")
+  RES[$v-localdr1]=$(median "${tl1[@]}")
+  RES[$v-null1]=$(median "${tn1[@]}")
   RES[$v-nodelay-off]=$(python3 -c "print(f'{$(time_plan "$W/localdr" "$tf" LOCALDR_BENCH_NO_NODELAY=1):.2f}')")
   echo "$ver: localdr ${RES[$v-localdr]} s, null ${RES[$v-null]} s, localdr without the NODELAY fix ${RES[$v-nodelay-off]} s"
   RES[$v-ver]="$ver"
@@ -89,4 +100,12 @@ for v in old new; do
 done
 for v in old new; do
   python3 -c "r=${RES[$v-localdr]}/${RES[$v-null]}; print(f'  {\"PASS\" if r<=1.2 else \"MISS\"}  ${RES[$v-ver]}: localdr/null = {r:.2f} (target <= 1.2)')"
+done
+echo
+echo "== where it goes: a plan over 1 resource (fixed cost), and each further resource"
+printf '%-22s %14s %14s %18s %18s\n' terraform "localdr 1 res s" "null 1 res s" "localdr ms/res" "null ms/res"
+for v in old new; do
+  printf '%-22s %14s %14s %18s %18s\n' "${RES[$v-ver]}" "${RES[$v-localdr1]}" "${RES[$v-null1]}" \
+    "$(python3 -c "print(f'{(${RES[$v-localdr]}-${RES[$v-localdr1]})*1000/($N-1):.2f}')")" \
+    "$(python3 -c "print(f'{(${RES[$v-null]}-${RES[$v-null1]})*1000/($N-1):.2f}')")"
 done
