@@ -673,6 +673,37 @@ fn tuning_blocks_and_hot_reload_under_load() {
     println!("FIGURE loadgen through two weight reloads: {s}");
     assert!(s["requests"].as_u64().unwrap() > 1000, "{s}");
     assert_eq!(s["failed"], 0, "requests failed during the reloads: {s}");
+    // `localdr status` shows the counts of the moment (from the admin API), not the status
+    // file's, which the agent rewrites for counts alone only every 5 s.
+    let st = localdr_e2e::localdr(&["status", "--state-dir", sd.to_str().unwrap(), "--json"]);
+    assert_eq!(st.code, 0, "{}", st.all());
+    let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let lb = &st["balancers"][0]["status"];
+    let admin: std::net::SocketAddr = lb["admin"].as_str().unwrap().parse().unwrap();
+    let sum = |targets: &serde_json::Value| -> u64 {
+        targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["requests"].as_u64().unwrap())
+            .sum()
+    };
+    let mut c = TcpStream::connect(admin).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET /targets HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut live = String::new();
+    c.read_to_string(&mut live).unwrap();
+    let live: serde_json::Value =
+        serde_json::from_str(live.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(
+        sum(&lb["targets"]),
+        sum(&live),
+        "status: {lb}\nadmin: {live}"
+    );
     tf.assert_empty_plan("after the reloads");
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
 }

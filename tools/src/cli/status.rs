@@ -84,12 +84,18 @@ pub fn run(a: StatusArgs) -> Result<i32> {
             .flatten()
             .map(|(b, _)| b.mode)
             .unwrap_or_else(|| "?".into());
+        let mut status = if running {
+            sd.read_balancer_status(&n)?
+        } else {
+            None
+        };
+        if let Some(st) = status.as_mut().filter(|st| st.queue.is_none()) {
+            if let Some(live) = st.admin.as_deref().and_then(live_targets) {
+                st.targets = live;
+            }
+        }
         balancers.push(BalancerReport {
-            status: if running {
-                sd.read_balancer_status(&n)?
-            } else {
-                None
-            },
+            status,
             name: n,
             mode,
         });
@@ -205,6 +211,28 @@ pub fn run(a: StatusArgs) -> Result<i32> {
         print_balancer(b);
     }
     Ok(0)
+}
+
+/// The targets as the balancer counts them this moment, from its admin API: the status
+/// file the agent writes holds request counts up to 5 s old. `None` (the file's figures are
+/// shown) when the API does not answer within a second.
+fn live_targets(admin: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = admin.parse().ok()?;
+    let limit = std::time::Duration::from_secs(1);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, limit).ok()?;
+    s.set_read_timeout(Some(limit)).ok()?;
+    s.set_write_timeout(Some(limit)).ok()?;
+    s.write_all(b"GET /targets HTTP/1.1\r\nHost: localdr\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = Vec::new();
+    s.take(4 << 20).read_to_end(&mut answer).ok()?;
+    if !answer.starts_with(b"HTTP/1.1 200 ") {
+        return None;
+    }
+    let body = answer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let v: serde_json::Value = serde_json::from_slice(&answer[body..]).ok()?;
+    v.is_array().then_some(v)
 }
 
 fn print_balancer(b: &BalancerReport) {
