@@ -3,8 +3,8 @@
 //!
 //! The agent ticks ten times a second to supervise pools. Listing three directories and
 //! reading every spec on each tick cost a busy balancer's core about 1% of its time (and
-//! woke an idle laptop's disk cache ten times a second) to find, nearly always, nothing
-//! new. With inotify it looks when a directory reports a change: a spec the provider
+//! kept an idle agent doing file-system work ten times a second) to find, nearly always,
+//! nothing new. With inotify it looks when a directory reports a change: a spec the provider
 //! writes (rename), one edited in place by hand, one deleted, a directory created. A full
 //! look still happens every [`BACKSTOP`], for file systems that do not report changes
 //! and for a watch lost to a directory removed and made again; without inotify at all,
