@@ -386,6 +386,9 @@ mod tests {
             address: "127.0.0.1:40003".into(),
             weight: 1,
         }];
+        // No probes: health must not change under the test (nothing listens there).
+        spec.healthchecks.active.healthy.interval = "0s".into();
+        spec.healthchecks.active.unhealthy.interval = "0s".into();
         sd.write_balancer(&spec).unwrap();
         let mut b = Balancers::default();
         b.tick(&sd, true);
