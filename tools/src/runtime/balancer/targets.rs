@@ -100,13 +100,9 @@ impl TargetState {
         self.health.lock().expect("health lock").ejections
     }
 
-    /// Weight after slow start: ramps linearly from 10% over `slow_start` after readmission.
-    pub fn effective_weight(&self, now: Instant, slow_start: Duration) -> u32 {
-        self.weight_now(now, slow_start).1
-    }
-
-    /// [`TargetState::available`] and [`TargetState::effective_weight`] under one lock (both
-    /// are asked of every target on every pick).
+    /// [`TargetState::available`] and the weight after slow start (ramping linearly from 10%
+    /// over `slow_start` after readmission), under one lock: both are asked of every target
+    /// on every pick.
     pub fn weight_now(&self, now: Instant, slow_start: Duration) -> (bool, u32) {
         let h = self.health.lock().expect("health lock");
         let available = !self.draining.load(Ordering::Relaxed)
