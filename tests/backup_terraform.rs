@@ -544,8 +544,25 @@ both_terraforms!(
     catalog_data_source
 );
 
+/// The key (file stem) of the schedule the agent has for the backup into `<dir>/<vault>`.
+fn schedule_key(sd: &std::path::Path, vault: &str) -> String {
+    let want = format!("/{vault}");
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(sd.join("schedules")).unwrap() {
+        let p = e.unwrap().path();
+        let s: localdr::spec::BackupSchedule =
+            serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        if s.vault.ends_with(&want) {
+            found.push(p.file_stem().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    assert_eq!(found.len(), 1, "one schedule file for {vault}: {found:?}");
+    found.pop().unwrap()
+}
+
 /// The agent takes scheduled snapshots (a seconds-level cron here) and applies retention
-/// after each: the newest `keep_last` remain, marked as taken by the schedule.
+/// after each: the newest `keep_last` remain, marked as taken by the schedule. A backup of
+/// the same name into another vault has a schedule of its own, which neither disturbs.
 #[test]
 fn scheduled_backups_run_in_the_agent_with_retention() {
     let tmp = tempfile::tempdir().unwrap();
@@ -563,6 +580,12 @@ fn scheduled_backups_run_in_the_agent_with_retention() {
     keep_last = 3
   }}
 }}
+resource "localdr_backup" "nas" {{
+  name     = "data"
+  path     = "${{path.root}}/data"
+  vault    = "${{path.root}}/nas"
+  schedule = "0 4 * * *"
+}}
 "#,
             head = localdr_e2e::terraform_head(Some(&sd))
         ),
@@ -579,7 +602,13 @@ fn scheduled_backups_run_in_the_agent_with_retention() {
     std::fs::write(d.join("data/a.txt"), "alpha").unwrap();
     tf.init();
     tf.apply();
-    tf.assert_empty_plan("with the schedule handed to the agent");
+    tf.assert_empty_plan("with the schedules handed to the agent");
+    let key = schedule_key(&sd, "vault");
+    let nas_key = schedule_key(&sd, "nas");
+    assert!(
+        key.starts_with("data@") && nas_key != key,
+        "{key} {nas_key}"
+    );
     let vault = d.join("vault");
     let scheduled = |v: &std::path::Path| -> Vec<String> {
         let vault = localdr::vault::Vault::at(v).unwrap();
@@ -592,7 +621,7 @@ fn scheduled_backups_run_in_the_agent_with_retention() {
     let start = std::time::Instant::now();
     loop {
         let st = localdr::statedir::StateDir::new(&sd)
-            .read_schedule_status("data")
+            .read_schedule_status(&key)
             .unwrap();
         if st.as_ref().is_some_and(|s| s.runs >= 5) {
             break;
@@ -615,7 +644,25 @@ fn scheduled_backups_run_in_the_agent_with_retention() {
     let l = localdr(&["list", "--vault", vault.to_str().unwrap()]);
     assert!(l.stdout.contains("schedule"), "{}", l.stdout);
     let s = localdr(&["status", "--state-dir", sd.to_str().unwrap()]);
-    assert!(s.stdout.contains("backup data: next run"), "{}", s.stdout);
+    assert!(
+        s.stdout
+            .contains(&format!("backup data ({}): next run", vault.display())),
+        "{}",
+        s.stdout
+    );
+    let sj = localdr(&["status", "--json", "--state-dir", sd.to_str().unwrap()]);
+    let sj: serde_json::Value = serde_json::from_str(&sj.stdout).unwrap();
+    let crons: Vec<&str> = sj["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["cron"].as_str().unwrap())
+        .collect();
+    assert_eq!(crons.len(), 2, "{sj}");
+    assert!(
+        crons.contains(&"0 4 * * *") && crons.contains(&"* * * * * *"),
+        "{sj}"
+    );
 
     // A daily 03:00 read in New York: the agent's next run is 03:00 there, which is 08:00
     // UTC in winter (EST) and 07:00 in summer (EDT); the plan after it is empty.
@@ -631,12 +678,13 @@ fn scheduled_backups_run_in_the_agent_with_retention() {
     tf.apply();
     tf.assert_empty_plan("with a schedule in a time zone");
     let schedule: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(sd.join("schedules/data.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(sd.join(format!("schedules/{key}.json"))).unwrap())
+            .unwrap();
     assert_eq!(schedule["timezone"], "America/New_York", "{schedule}");
     let start = std::time::Instant::now();
     loop {
         let next = localdr::statedir::StateDir::new(&sd)
-            .read_schedule_status("data")
+            .read_schedule_status(&key)
             .unwrap()
             .and_then(|s| s.next_run)
             .unwrap_or_default();
@@ -655,7 +703,7 @@ fn scheduled_backups_run_in_the_agent_with_retention() {
     edited["cron"] = "*/5 * * * *".into();
     edited["timezone"] = "UTC".into();
     std::fs::write(
-        sd.join("schedules/data.json"),
+        sd.join(format!("schedules/{key}.json")),
         serde_json::to_vec(&edited).unwrap(),
     )
     .unwrap();
@@ -670,9 +718,22 @@ fn scheduled_backups_run_in_the_agent_with_retention() {
     );
     tf.apply();
     tf.assert_empty_plan("after repairing the hand-edited schedule");
-    let repaired: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(sd.join("schedules/data.json")).unwrap()).unwrap();
-    assert_eq!(repaired, schedule);
+    let read = |key: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(sd.join(format!("schedules/{key}.json"))).unwrap())
+            .unwrap()
+    };
+    assert_eq!(read(&key), schedule);
+    // The other vault's backup taken off its schedule: this one's stays as it is.
+    let main = std::fs::read_to_string(d.join("main.tf")).unwrap();
+    std::fs::write(
+        d.join("main.tf"),
+        main.replace("  schedule = \"0 4 * * *\"\n", ""),
+    )
+    .unwrap();
+    tf.apply();
+    tf.assert_empty_plan("with one of the two backups unscheduled");
+    assert!(!sd.join(format!("schedules/{nas_key}.json")).exists());
+    assert_eq!(read(&key), schedule);
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
     // Without the schedule the agent has nothing to do and exits.
     let start = std::time::Instant::now();

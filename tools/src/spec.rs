@@ -858,7 +858,11 @@ fn is_utc(tz: &str) -> bool {
 /// What the agent publishes for a backup schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupScheduleStatus {
+    /// The backup's name (the schedule's file is keyed by it and its vault).
     pub name: String,
+    /// Absolute vault path (absent in files of versions before it was part of the key).
+    #[serde(default)]
+    pub vault: String,
     pub spec_hash: String,
     pub next_run: Option<String>,
     pub last_run: Option<String>,

@@ -88,11 +88,7 @@ impl StateDir {
         }
     }
     pub fn remove_balancer(&self, name: &str) -> Result<()> {
-        match std::fs::remove_file(self.balancer_path(name)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).context("could not remove the balancer spec"),
-        }
+        remove_if_present(&self.balancer_path(name))
     }
     pub fn read_balancer_status(&self, name: &str) -> Result<Option<crate::spec::BalancerStatus>> {
         read_json(&self.balancer_status_path(name))
@@ -101,38 +97,76 @@ impl StateDir {
     pub fn schedules_dir(&self) -> PathBuf {
         self.root.join("schedules")
     }
-    pub fn schedule_path(&self, name: &str) -> PathBuf {
-        self.schedules_dir().join(format!("{name}.json"))
+    /// A schedule's key, its file's stem: the backup's name and its vault, since the same
+    /// name in two vaults is two backups (a policy is per vault). The vault is the absolute
+    /// path the provider writes into the schedule. `@` cannot occur in a backup name.
+    pub fn schedule_key(name: &str, vault: &str) -> String {
+        format!("{name}@{}", &hash(vault.as_bytes())[..12])
     }
-    pub fn schedule_status_path(&self, name: &str) -> PathBuf {
+    pub fn schedule_path(&self, key: &str) -> PathBuf {
+        self.schedules_dir().join(format!("{key}.json"))
+    }
+    pub fn schedule_status_path(&self, key: &str) -> PathBuf {
         self.root
             .join("status/schedules")
-            .join(format!("{name}.json"))
+            .join(format!("{key}.json"))
     }
-    pub fn schedule_names(&self) -> Result<Vec<String>> {
+    /// The keys of the schedule files (see [`StateDir::schedule_key`]; older files are
+    /// keyed by the name alone).
+    pub fn schedule_keys(&self) -> Result<Vec<String>> {
         list_json(&self.schedules_dir())
+    }
+    /// A file that versions before the vault was part of the key wrote for `name`, when it
+    /// is for `vault`: the one to take over. One for another vault is that backup's own.
+    fn legacy_schedule(&self, name: &str, vault: &str) -> Option<crate::spec::BackupSchedule> {
+        read_json::<crate::spec::BackupSchedule>(&self.schedule_path(name))
+            .ok()
+            .flatten()
+            .filter(|s| s.vault == vault)
     }
     pub fn write_schedule(&self, s: &crate::spec::BackupSchedule) -> Result<()> {
         std::fs::create_dir_all(self.schedules_dir())?;
         std::fs::create_dir_all(self.root.join("status/schedules"))?;
-        crate::atomic::write_json(&self.schedule_path(&s.name), s)
-    }
-    /// The backup schedule the agent runs for `name`, as the file says (`None`: no file).
-    pub fn read_schedule(&self, name: &str) -> Result<Option<crate::spec::BackupSchedule>> {
-        read_json(&self.schedule_path(name))
-    }
-    pub fn remove_schedule(&self, name: &str) -> Result<()> {
-        match std::fs::remove_file(self.schedule_path(name)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).context("could not remove the schedule"),
+        crate::atomic::write_json(
+            &self.schedule_path(&Self::schedule_key(&s.name, &s.vault)),
+            s,
+        )?;
+        // Written first, removed after: the agent never sees the schedule gone.
+        if self.legacy_schedule(&s.name, &s.vault).is_some() {
+            remove_if_present(&self.schedule_path(&s.name))?;
         }
+        Ok(())
+    }
+    /// The schedule the agent runs for backup `name` in `vault` (absolute), as its file says
+    /// (`None`: no file).
+    pub fn read_schedule(
+        &self,
+        name: &str,
+        vault: &str,
+    ) -> Result<Option<crate::spec::BackupSchedule>> {
+        match self.read_schedule_file(&Self::schedule_key(name, vault))? {
+            Some(s) => Ok(Some(s)),
+            None => Ok(self.legacy_schedule(name, vault)),
+        }
+    }
+    /// Take back the schedule of backup `name` in `vault`; a same-named backup's in another
+    /// vault stays.
+    pub fn remove_schedule(&self, name: &str, vault: &str) -> Result<()> {
+        remove_if_present(&self.schedule_path(&Self::schedule_key(name, vault)))?;
+        if self.legacy_schedule(name, vault).is_some() {
+            remove_if_present(&self.schedule_path(name))?;
+        }
+        Ok(())
+    }
+    /// The schedule file with this key, whatever backup it is for.
+    pub fn read_schedule_file(&self, key: &str) -> Result<Option<crate::spec::BackupSchedule>> {
+        read_json(&self.schedule_path(key))
     }
     pub fn read_schedule_status(
         &self,
-        name: &str,
+        key: &str,
     ) -> Result<Option<crate::spec::BackupScheduleStatus>> {
-        read_json(&self.schedule_status_path(name))
+        read_json(&self.schedule_status_path(key))
     }
 
     pub fn logs_dir(&self) -> PathBuf {
@@ -177,12 +211,7 @@ impl StateDir {
     }
 
     pub fn remove_service(&self, name: &str) -> Result<()> {
-        let path = self.service_path(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => crate::atomic::fsync_dir(&self.services_dir()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("could not remove {}", path.display())),
-        }
+        remove_if_present(&self.service_path(name))
     }
 
     /// Names of every spec file (sorted).
@@ -317,6 +346,15 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     }
 }
 
+/// Remove a spec file, durably (its directory synced); one already gone is fine.
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => crate::atomic::fsync_dir(path.parent().expect("a spec file is in a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("could not remove {}", path.display())),
+    }
+}
+
 fn list_json(dir: &Path) -> Result<Vec<String>> {
     let mut out = crate::atomic::json_stems(dir)?;
     out.sort();
@@ -326,6 +364,64 @@ fn list_json(dir: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn schedule(name: &str, vault: &str, cron: &str) -> crate::spec::BackupSchedule {
+        crate::spec::BackupSchedule {
+            api_version: crate::spec::API_VERSION,
+            name: name.into(),
+            vault: vault.into(),
+            cron: cron.into(),
+            timezone: "UTC".into(),
+            start_window: "1h".into(),
+        }
+    }
+
+    #[test]
+    fn same_named_backups_in_two_vaults_have_a_schedule_each() {
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(t.path());
+        sd.write_schedule(&schedule("db", "/a", "0 3 * * *"))
+            .unwrap();
+        sd.write_schedule(&schedule("db", "/b", "0 4 * * *"))
+            .unwrap();
+        assert_eq!(sd.schedule_keys().unwrap().len(), 2);
+        let cron = |v: &str| sd.read_schedule("db", v).unwrap().map(|s| s.cron);
+        assert_eq!(cron("/a").as_deref(), Some("0 3 * * *"));
+        assert_eq!(cron("/b").as_deref(), Some("0 4 * * *"));
+        // Taking one back leaves the other.
+        sd.remove_schedule("db", "/b").unwrap();
+        assert_eq!(cron("/b"), None);
+        assert_eq!(cron("/a").as_deref(), Some("0 3 * * *"));
+        assert!(!StateDir::schedule_key("db", "/a").contains('/'));
+    }
+
+    #[test]
+    fn a_schedule_keyed_by_name_alone_is_taken_over_by_its_own_vaults_backup_only() {
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(t.path());
+        std::fs::create_dir_all(sd.schedules_dir()).unwrap();
+        let legacy = sd.schedule_path("db");
+        crate::atomic::write_json(&legacy, &schedule("db", "/a", "0 3 * * *")).unwrap();
+        // Read as this backup's when it names its vault; another vault's backup has none.
+        assert!(sd.read_schedule("db", "/a").unwrap().is_some());
+        assert!(sd.read_schedule("db", "/b").unwrap().is_none());
+        // Another vault's backup neither removes nor replaces it.
+        sd.remove_schedule("db", "/b").unwrap();
+        sd.write_schedule(&schedule("db", "/b", "0 4 * * *"))
+            .unwrap();
+        assert!(legacy.exists());
+        // Its own backup's write replaces it with a keyed file.
+        sd.write_schedule(&schedule("db", "/a", "0 5 * * *"))
+            .unwrap();
+        assert!(!legacy.exists());
+        let cron = sd.read_schedule("db", "/a").unwrap().map(|s| s.cron);
+        assert_eq!(cron.as_deref(), Some("0 5 * * *"));
+        // And its own backup's removal removes it.
+        crate::atomic::write_json(&legacy, &schedule("db", "/a", "0 3 * * *")).unwrap();
+        sd.remove_schedule("db", "/a").unwrap();
+        assert!(!legacy.exists() && sd.read_schedule("db", "/a").unwrap().is_none());
+        assert_eq!(sd.schedule_keys().unwrap().len(), 1, "/b's stays");
+    }
 
     #[test]
     fn the_lock_says_whether_an_agent_runs() {

@@ -622,9 +622,9 @@ fn timezone_state(tz: Option<&str>, prior: &S) -> S {
 /// What the agent will run for this backup is its schedule file in the state dir, not the
 /// policy in the vault: read it into the state, so a hand edit of it (cron, zone, start
 /// window) or a schedule the configuration no longer has shows in `plan` as a diff that
-/// `apply` writes back. A file that is missing, unreadable or for another vault while the
-/// policy has a schedule makes the backup invalid instead. (The agent's own file for a
-/// same-named backup in another vault is left alone.)
+/// `apply` writes back. A file that is missing or unreadable while the policy has a
+/// schedule makes the backup invalid instead. The file is this backup's alone: it is keyed
+/// by name and vault, so a same-named backup in another vault has its own.
 fn read_agent_schedule(
     state: &mut BackupState,
     sd: &localdr::statedir::StateDir,
@@ -633,7 +633,7 @@ fn read_agent_schedule(
     scheduled: bool,
     problems: &mut Vec<String>,
 ) {
-    match sd.read_schedule(name) {
+    match sd.read_schedule(name, &vault.display().to_string()) {
         Err(e) if scheduled => problems.push(format!(
             "its schedule in the agent's state dir cannot be read ({e:#})"
         )),
@@ -642,14 +642,6 @@ fn read_agent_schedule(
             problems.push("its schedule is missing from the agent's state dir".into())
         }
         Ok(None) => {}
-        Ok(Some(s)) if Path::new(&s.vault) != vault => {
-            if scheduled {
-                problems.push(format!(
-                    "its schedule in the agent's state dir is for another vault ({})",
-                    s.vault
-                ));
-            }
-        }
         Ok(Some(s)) => {
             state.schedule = Value::Value(s.cron);
             state.schedule_timezone = timezone_state(
@@ -779,15 +771,16 @@ impl BackupResource {
             known(&state.start_window).unwrap_or_else(|| DEFAULT_START_WINDOW.into());
         let mode = self.shared.agent_mode();
         let exe = self.shared.localdr_exe();
+        let vault = abs(&vault).display().to_string();
         let r = blocking(move || {
             let Some(cron) = cron else {
-                return sd.remove_schedule(&name);
+                return sd.remove_schedule(&name, &vault);
             };
             sd.create()?;
             sd.write_schedule(&localdr::spec::BackupSchedule {
                 api_version: localdr::spec::API_VERSION,
                 name,
-                vault: abs(&vault).display().to_string(),
+                vault,
                 cron,
                 timezone,
                 start_window,
@@ -1217,7 +1210,7 @@ impl Resource for BackupResource {
                 let _lock = vault.lock_for_write()?;
                 vault.remove_policy(&name)?;
             }
-            sd.remove_schedule(&name)?;
+            sd.remove_schedule(&name, &vault_abs.display().to_string())?;
             Ok(())
         })
         .await;

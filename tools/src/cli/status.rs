@@ -1,7 +1,7 @@
-//! `localdr status`: the agent, every service's replicas, and every balancer (targets and
-//! their health, or a queue's counts), as tables or `--json`.
+//! `localdr status`: the agent, every service's replicas, every balancer (targets and
+//! their health, or a queue's counts) and every scheduled backup, as tables or `--json`.
 
-use crate::spec::{AgentInfo, BalancerStatus, ServiceStatus};
+use crate::spec::{AgentInfo, BackupScheduleStatus, BalancerStatus, ServiceStatus};
 use crate::statedir::StateDir;
 use anyhow::Result;
 use clap::Args;
@@ -23,6 +23,18 @@ struct Report {
     agent: Option<AgentInfo>,
     services: Vec<ServiceReport>,
     balancers: Vec<BalancerReport>,
+    backups: Vec<ScheduleReport>,
+}
+
+/// A backup the agent runs on a schedule.
+#[derive(Serialize)]
+struct ScheduleReport {
+    name: String,
+    vault: String,
+    cron: String,
+    timezone: String,
+    /// What the agent last published about it (`None` while no agent runs).
+    status: Option<BackupScheduleStatus>,
 }
 
 #[derive(Serialize)]
@@ -100,12 +112,30 @@ pub fn run(a: StatusArgs) -> Result<i32> {
             mode,
         });
     }
+    let mut backups = Vec::new();
+    for key in sd.schedule_keys()? {
+        let Some(spec) = sd.read_schedule_file(&key)? else {
+            continue;
+        };
+        backups.push(ScheduleReport {
+            status: if running {
+                sd.read_schedule_status(&key)?
+            } else {
+                None
+            },
+            name: spec.name,
+            vault: spec.vault,
+            cron: spec.cron,
+            timezone: spec.timezone,
+        });
+    }
     let r = Report {
         state_dir: sd.root().display().to_string(),
         agent_running: running,
         agent: if running { sd.agent_info()? } else { None },
         services,
         balancers,
+        backups,
     };
     if a.json {
         super::print_json(&r)?;
@@ -182,16 +212,18 @@ pub fn run(a: StatusArgs) -> Result<i32> {
         }
     }
     println!("{t}");
-    for n in sd.schedule_names()? {
-        match sd.read_schedule_status(&n)? {
-            Some(s) if running => println!(
-                "backup {n}: next run {}, last run {} ({}), {} runs",
+    for b in &r.backups {
+        let n = &b.name;
+        match &b.status {
+            Some(s) => println!(
+                "backup {n} ({}): next run {}, last run {} ({}), {} runs",
+                b.vault,
                 s.next_run.as_deref().unwrap_or("-"),
                 s.last_run.as_deref().unwrap_or("never"),
                 s.last_result.as_deref().unwrap_or("-"),
                 s.runs
             ),
-            _ => println!("backup {n}: scheduled, but no agent runs it"),
+            None => println!("backup {n} ({}): scheduled, but no agent runs it", b.vault),
         }
     }
     for s in &r.services {

@@ -1,5 +1,5 @@
-//! Scheduled backups run by the agent: each `schedules/<name>.json` names a vault and a
-//! backup policy stored in it; when the cron fires the agent runs that policy (snapshot,
+//! Scheduled backups run by the agent: each `schedules/<name>@<vault hash>.json` names a
+//! vault and a backup policy stored in it; when the cron fires the agent runs that policy (snapshot,
 //! retention, DR copies) on a blocking thread, so pools keep being supervised meanwhile.
 //! A run that cannot start within `start_window` of its time (agent down, previous run
 //! still going) is skipped and logged, as AWS Backup does.
@@ -26,8 +26,8 @@ struct Job {
 pub struct Backups {
     jobs: BTreeMap<String, Job>,
     rejected: BTreeMap<String, String>,
-    /// The schedule files found at the last look.
-    names: Vec<String>,
+    /// The schedule files found at the last look, by key (see `StateDir::schedule_key`).
+    keys: Vec<String>,
 }
 
 fn stamp(t: DateTime<Utc>) -> String {
@@ -56,14 +56,14 @@ impl Backups {
 
     /// Take in new and changed schedule files; a bad one is logged once per content.
     fn load(&mut self, sd: &StateDir, now: DateTime<Utc>) {
-        for name in &self.names {
-            let path = sd.schedule_path(name);
+        for key in &self.keys {
+            let path = sd.schedule_path(key);
             let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
             let hash = statedir::hash(&bytes);
-            if self.jobs.get(name).is_some_and(|j| j.hash == hash)
-                || self.rejected.get(name) == Some(&hash)
+            if self.jobs.get(key).is_some_and(|j| j.hash == hash)
+                || self.rejected.get(key) == Some(&hash)
             {
                 continue;
             }
@@ -78,19 +78,21 @@ impl Backups {
                     });
             match parsed {
                 Ok(spec) => {
-                    self.rejected.remove(name);
+                    self.rejected.remove(key);
                     let next = next_after(&spec, now);
-                    tracing::info!(backup = %name, cron = %spec.cron, timezone = %spec.timezone, "backup schedule loaded");
-                    let prev = self.jobs.remove(name);
+                    tracing::info!(backup = %spec.name, vault = %spec.vault, cron = %spec.cron, timezone = %spec.timezone, "backup schedule loaded");
+                    let prev = self.jobs.remove(key);
                     let status = BackupScheduleStatus {
-                        name: name.clone(),
+                        name: spec.name.clone(),
+                        vault: spec.vault.clone(),
                         spec_hash: hash.clone(),
                         next_run: next.map(stamp),
                         ..prev
                             .as_ref()
                             .map(|p| p.status.clone())
                             .unwrap_or(BackupScheduleStatus {
-                                name: name.clone(),
+                                name: spec.name.clone(),
+                                vault: spec.vault.clone(),
                                 spec_hash: String::new(),
                                 next_run: None,
                                 last_run: None,
@@ -100,7 +102,7 @@ impl Backups {
                             })
                     };
                     self.jobs.insert(
-                        name.clone(),
+                        key.clone(),
                         Job {
                             spec,
                             hash,
@@ -113,7 +115,7 @@ impl Backups {
                 }
                 Err(e) => {
                     tracing::error!("ignoring backup schedule: {e}");
-                    self.rejected.insert(name.clone(), hash);
+                    self.rejected.insert(key.clone(), hash);
                 }
             }
         }
@@ -124,18 +126,19 @@ impl Backups {
     pub fn tick(&mut self, sd: &StateDir, start: bool, read_specs: bool) {
         let now = Utc::now();
         if read_specs {
-            self.names = sd.schedule_names().unwrap_or_default();
+            self.keys = sd.schedule_keys().unwrap_or_default();
             self.load(sd, now);
         }
-        let names = &self.names;
+        let keys = &self.keys;
         self.jobs.retain(|n, j| {
-            let keep = names.contains(n) || j.running.is_some();
+            let keep = keys.contains(n) || j.running.is_some();
             if !keep {
                 let _ = std::fs::remove_file(sd.schedule_status_path(n));
             }
             keep
         });
-        for (name, j) in self.jobs.iter_mut() {
+        for (key, j) in self.jobs.iter_mut() {
+            let name = &j.spec.name;
             if let Some(h) = &j.running {
                 if h.is_finished() {
                     let h = j.running.take().expect("checked");
@@ -196,8 +199,8 @@ impl Backups {
             }
             if j.published.as_ref() != Some(&j.status) {
                 let _ =
-                    std::fs::create_dir_all(sd.schedule_status_path(name).parent().expect("dir"));
-                if crate::atomic::write_json(&sd.schedule_status_path(name), &j.status).is_ok() {
+                    std::fs::create_dir_all(sd.schedule_status_path(key).parent().expect("dir"));
+                if crate::atomic::write_json(&sd.schedule_status_path(key), &j.status).is_ok() {
                     j.published = Some(j.status.clone());
                 }
             }
