@@ -774,6 +774,17 @@ mod tests {
         echo: bool,
         close: bool,
     ) -> String {
+        head_with(status, headers, length, echo, close, None)
+    }
+
+    fn head_with(
+        status: u16,
+        headers: &[(&str, &str)],
+        length: Option<Option<u64>>,
+        echo: bool,
+        close: bool,
+        quota: Option<&Quota>,
+    ) -> String {
         let hs: Vec<httparse::Header<'_>> = headers
             .iter()
             .map(|(n, v)| httparse::Header {
@@ -811,7 +822,7 @@ mod tests {
             rid: b"id1",
             corr: &c,
             close,
-            quota: None,
+            quota,
         };
         let mut out = Vec::new();
         write_head(&mut out, &a, &req);
@@ -873,6 +884,50 @@ mod tests {
         for (status, headers, length, want) in cases {
             assert_eq!(head_for(status, headers, length, false, false), want);
         }
+    }
+
+    /// Under a rate limit the client's quota replaces every quota header of the target's,
+    /// as on hyper's path (`Quota::write`).
+    #[test]
+    fn the_clients_quota_replaces_the_targets_quota_headers() {
+        let rl = RateLimiter::new(&crate::spec::RateLimit {
+            per_second: Some(2),
+            by: "ip".into(),
+            ..Default::default()
+        });
+        let q = rl.check("a", Instant::now()).unwrap();
+        let theirs = [
+            ("Date", "d"),
+            ("X-RateLimit-Limit-Day", "1000"),
+            ("RateLimit-Remaining", "7"),
+            ("X-Kept", "1"),
+        ];
+        let h = head_with(200, &theirs, Some(Some(0)), false, false, Some(&q));
+        assert_eq!(
+            h,
+            "HTTP/1.1 200 OK\r\nDate: d\r\nX-Kept: 1\r\n\
+             x-ratelimit-limit-second: 2\r\nx-ratelimit-remaining-second: 1\r\n\
+             ratelimit-limit: 2\r\nratelimit-remaining: 1\r\nratelimit-reset: 1\r\n\
+             content-length: 0\r\n\r\n"
+        );
+        let mut map = hyper::HeaderMap::new();
+        for (n, v) in theirs {
+            map.insert(
+                hyper::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                hyper::header::HeaderValue::from_static(v),
+            );
+        }
+        q.write(&mut map);
+        let mut names: Vec<&str> = map.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        let mut fast: Vec<String> = h
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
+            .filter(|n| n != "content-length")
+            .collect();
+        fast.sort();
+        assert_eq!(names, fast, "both paths send the same headers");
     }
 
     #[test]

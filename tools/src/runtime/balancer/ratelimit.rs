@@ -56,8 +56,19 @@ impl Quota {
         self.left.iter().map(|l| l.1).min()
     }
 
-    /// Kong's headers: per window, and `RateLimit-*` for the tightest.
+    /// Kong's headers: per window, and `RateLimit-*` for the tightest. They replace every
+    /// quota header of the target's answer, not only the same-named ones: a target's
+    /// `X-RateLimit-Limit-Day` or `RateLimit-Policy` beside them would describe a quota the
+    /// client is not under. (The fast path skips the same ones as it copies the head.)
     pub fn write(&self, h: &mut HeaderMap) {
+        let theirs: Vec<HeaderName> = h
+            .keys()
+            .filter(|n| Self::is_quota_header(n.as_str()))
+            .cloned()
+            .collect();
+        for n in theirs {
+            h.remove(n);
+        }
         self.each(|name, v| {
             h.insert(name, HeaderValue::from(v));
         });
@@ -242,6 +253,29 @@ mod tests {
             burst: None,
             by: "ip".into(),
         })
+    }
+
+    #[test]
+    fn the_quota_replaces_every_quota_header_of_the_target() {
+        let r = limiter(Some(2), None, None);
+        let q = r.check("a", Instant::now()).unwrap();
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("x-ratelimit-limit-day", "1000"),
+            ("x-ratelimit-remaining-second", "99"),
+            ("ratelimit-policy", "10;w=1"),
+            ("x-upstream", "18081"),
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        q.write(&mut h);
+        assert!(h.get("x-ratelimit-limit-day").is_none());
+        assert!(h.get("ratelimit-policy").is_none());
+        assert_eq!(h["x-ratelimit-remaining-second"], "1");
+        assert_eq!(h["x-ratelimit-limit-second"], "2");
+        assert_eq!(h["x-upstream"], "18081");
+        assert!(Quota::is_quota_header("X-RateLimit-Limit-Day"));
+        assert!(!Quota::is_quota_header("x-ratelimit-"));
     }
 
     #[test]
