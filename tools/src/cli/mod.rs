@@ -60,7 +60,7 @@ pub enum Command {
     Loadgen(loadgen::LoadgenArgs),
     /// Run the agent: worker pools, balancers and queues, backup schedules (foreground, --daemon, or `stop`).
     Agent(agent::AgentArgs),
-    /// Show the agent, every service's replicas (health, restarts), balancers and queues.
+    /// Show the agent, every service's replicas (health, restarts), balancers and queues, backup schedules.
     Status(status::StatusArgs),
     /// Fault injection for drills: kill a replica.
     Chaos(chaos::ChaosArgs),
