@@ -104,11 +104,15 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
     let mut balancers = super::balancers::Balancers::default();
     let mut rescan = super::rescan::Rescan::new(sd);
     let mut names: Vec<String> = Vec::new();
+    // How long to sleep when there is nothing to supervise (`None`: tick).
+    let mut quiet: Option<Duration> = None;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
-            _ = tick.tick() => {}
+            _ = tick.tick(), if quiet.is_none() => {}
+            _ = tokio::time::sleep(quiet.unwrap_or_default()), if quiet.is_some() => {}
+            _ = rescan.changed(), if quiet.is_some() => {}
         }
         // Specs are read when their directories changed (see `rescan`); pools, schedules
         // and balancer status move on every tick.
@@ -141,6 +145,14 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
             tracing::info!("nothing to run: exiting");
             return Ok(());
         }
+        let supervising = !pools.is_empty() || !balancers.is_empty() || backups.busy();
+        quiet = (!supervising).then(|| {
+            quiet_wait(
+                backups.next_due(),
+                exit_when_idle.map(|d| idle_since + d),
+                rescan.watching(),
+            )
+        });
     }
     // Balancers first: they finish their requests while the workers still run.
     balancers.stop_all(sd);
@@ -153,6 +165,35 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
         backups.tick(sd, false, false);
     }
     Ok(())
+}
+
+/// The longest an agent with nothing to supervise sleeps: the rescan backstop where
+/// inotify reports changes, else this (the look that finds a new spec).
+const QUIET_POLL: Duration = Duration::from_secs(1);
+
+/// How long an agent with no pool, no balancer and no backup running sleeps (ten ticks a
+/// second kept an idle laptop's agent waking for nothing): until its next scheduled backup
+/// is due, its idle exit, or the longest sleep, whichever comes first. A change to a spec
+/// wakes it sooner (see `Rescan::changed`).
+fn quiet_wait(
+    next_due: Option<chrono::DateTime<Utc>>,
+    exit_at: Option<Instant>,
+    watching: bool,
+) -> Duration {
+    let mut wait = if watching {
+        super::rescan::BACKSTOP
+    } else {
+        QUIET_POLL
+    };
+    if let Some(at) = next_due {
+        // A millisecond past: waking a hair early would only loop once more.
+        let until = (at - Utc::now()).to_std().unwrap_or_default();
+        wait = wait.min(until + Duration::from_millis(1));
+    }
+    if let Some(at) = exit_at {
+        wait = wait.min(at.saturating_duration_since(Instant::now()));
+    }
+    wait
 }
 
 /// Start a pool for each new service spec and hand a changed one to its pool. A spec that
@@ -330,4 +371,30 @@ pub fn stop(state_dir: &Path, wait: Duration) -> Result<Option<u32>> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(Some(info.pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_agent_sleeps_until_its_next_backup_its_exit_or_the_backstop() {
+        let backstop = super::super::rescan::BACKSTOP;
+        assert_eq!(quiet_wait(None, None, true), backstop);
+        assert_eq!(quiet_wait(None, None, false), QUIET_POLL);
+        let soon = Utc::now() + chrono::Duration::milliseconds(1500);
+        let w = quiet_wait(Some(soon), None, true);
+        assert!(
+            w > Duration::from_millis(1000) && w <= Duration::from_millis(1501),
+            "{w:?}"
+        );
+        // Overdue: at once (plus the millisecond).
+        let past = Utc::now() - chrono::Duration::seconds(3);
+        assert!(quiet_wait(Some(past), None, true) <= Duration::from_millis(1));
+        let exit = Instant::now() + Duration::from_millis(700);
+        let w = quiet_wait(Some(soon), Some(exit), true);
+        assert!(w <= Duration::from_millis(700), "{w:?}");
+        let far = Utc::now() + chrono::Duration::hours(5);
+        assert_eq!(quiet_wait(Some(far), None, true), backstop);
+    }
 }

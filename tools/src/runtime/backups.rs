@@ -50,6 +50,11 @@ impl Backups {
         self.jobs.is_empty()
     }
 
+    /// When the next scheduled run is due (the agent sleeps until then when idle).
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.jobs.values().filter_map(|j| j.next).min()
+    }
+
     pub fn busy(&self) -> bool {
         self.jobs.values().any(|j| j.running.is_some())
     }

@@ -85,6 +85,13 @@ impl Watch {
     }
 }
 
+/// The descriptor, for a caller that waits on it in an event loop (`AsyncFd`).
+impl AsRawFd for Watch {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
