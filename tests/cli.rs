@@ -476,3 +476,36 @@ fn unchanged_files_are_not_stored_again() {
     assert_eq!(std::fs::read_to_string(out.join("f3")).unwrap(), "changed");
     assert_eq!(std::fs::read(out.join("f4")).unwrap(), vec![4u8; 50_000]);
 }
+
+/// `status` is what people reach for in an incident: a damaged schedule file is named on
+/// stderr and the rest is still reported, in the table and in `--json`.
+#[test]
+fn status_names_a_damaged_schedule_and_reports_the_rest() {
+    let t = tempfile::tempdir().unwrap();
+    let sd = localdr::statedir::StateDir::new(t.path());
+    sd.write_schedule(&localdr::spec::BackupSchedule {
+        api_version: localdr::spec::API_VERSION,
+        name: "db".into(),
+        vault: "/srv/vault".into(),
+        cron: "0 3 * * *".into(),
+        timezone: "UTC".into(),
+        start_window: "1h".into(),
+    })
+    .unwrap();
+    std::fs::write(sd.schedules_dir().join("x@000000000000.json"), "{bad").unwrap();
+    let r = localdr(&["status", "--state-dir", s(t.path())]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("x@000000000000"), "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("backup db (/srv/vault): scheduled, but no agent runs it"),
+        "{}",
+        r.stdout
+    );
+    let j = localdr(&["status", "--json", "--state-dir", s(t.path())]);
+    assert_eq!(j.code, 0, "{}", j.all());
+    let j: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(j["backups"][0]["name"], "db", "{j}");
+    assert_eq!(j["backups"][0]["cron"], "0 3 * * *", "{j}");
+    assert_eq!(j["backups"].as_array().unwrap().len(), 1, "{j}");
+}

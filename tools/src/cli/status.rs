@@ -114,12 +114,19 @@ pub fn run(a: StatusArgs) -> Result<i32> {
     }
     let mut backups = Vec::new();
     for key in sd.schedule_keys()? {
-        let Some(spec) = sd.read_schedule_file(&key)? else {
-            continue;
+        // A damaged schedule file is named, not allowed to take the whole report down:
+        // this is the command people reach for in an incident.
+        let spec = match sd.read_schedule_file(&key) {
+            Ok(Some(spec)) => spec,
+            Ok(None) => continue,
+            Err(e) => {
+                eprintln!("warning: backup schedule {key}: {e:#}");
+                continue;
+            }
         };
         backups.push(ScheduleReport {
             status: if running {
-                sd.read_schedule_status(&key)?
+                sd.read_schedule_status(&key).ok().flatten()
             } else {
                 None
             },
