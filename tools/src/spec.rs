@@ -856,7 +856,7 @@ fn is_utc(tz: &str) -> bool {
 }
 
 /// What the agent publishes for a backup schedule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BackupScheduleStatus {
     /// The backup's name (the schedule's file is keyed by it and its vault).
     pub name: String,

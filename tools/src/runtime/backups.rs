@@ -92,19 +92,7 @@ impl Backups {
                         vault: spec.vault.clone(),
                         spec_hash: hash.clone(),
                         next_run: next.map(stamp),
-                        ..prev
-                            .as_ref()
-                            .map(|p| p.status.clone())
-                            .unwrap_or(BackupScheduleStatus {
-                                name: spec.name.clone(),
-                                vault: spec.vault.clone(),
-                                spec_hash: String::new(),
-                                next_run: None,
-                                last_run: None,
-                                last_result: None,
-                                last_snapshot: None,
-                                runs: 0,
-                            })
+                        ..prev.as_ref().map(|p| p.status.clone()).unwrap_or_default()
                     };
                     self.jobs.insert(
                         key.clone(),

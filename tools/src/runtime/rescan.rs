@@ -48,22 +48,18 @@ impl Rescan {
     /// Whether the spec directories should be read now. The watches are (re)placed before
     /// the caller reads, so a change made while it reads is reported on the next tick.
     pub fn due(&mut self, now: Instant) -> bool {
-        let Some(w) = self
-            .watch
-            .as_ref()
-            .or(self.ready.as_ref().map(|r| r.get_ref()))
-        else {
+        let Some(w) = self.watch() else {
             return true;
         };
         let due = w.take() || self.last.is_none_or(|t| now.duration_since(t) >= BACKSTOP);
         if due {
-            self.last = Some(now);
             // The root reports a spec directory made after the agent started; a directory
             // that does not exist yet simply has no watch until then.
             w.add(&self.root, libc::IN_CREATE | libc::IN_MOVED_TO);
             for d in &self.dirs {
                 w.add(d, CHANGES);
             }
+            self.last = Some(now);
         }
         due
     }
@@ -94,7 +90,14 @@ impl Rescan {
 
     /// Whether changes are reported (else every look is a full read).
     pub fn watching(&self) -> bool {
-        self.watch.is_some() || self.ready.is_some()
+        self.watch().is_some()
+    }
+
+    /// The watch, wherever it is now (see `ready`).
+    fn watch(&self) -> Option<&Watch> {
+        self.watch
+            .as_ref()
+            .or(self.ready.as_ref().map(|r| r.get_ref()))
     }
 }
 
