@@ -288,6 +288,17 @@ mod tests {
     use crate::spec::{ReplicaStatus, ServiceStatus, Target};
     use std::sync::Arc;
 
+    /// A port on 127.0.0.1 that refuses connections and that no other test can take while
+    /// the socket lives: bound without listening, and without SO_REUSEADDR. A fixed port
+    /// here once received its probes in another test's listener.
+    fn held_port() -> (tokio::net::TcpSocket, u16) {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_reuseaddr(false).unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = sock.local_addr().unwrap().port();
+        (sock, port)
+    }
+
     fn replica(index: u32, port: u16) -> ReplicaStatus {
         ReplicaStatus {
             index,
@@ -319,7 +330,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let sd = StateDir::new(tmp.path());
         sd.create().unwrap();
-        let ports = [40001, 40002];
+        let held = [held_port(), held_port()];
+        let ports = [held[0].1, held[1].1];
         let status = ServiceStatus {
             api_version: crate::spec::API_VERSION,
             name: "web".into(),
@@ -382,8 +394,9 @@ mod tests {
         spec.listen = "127.0.0.1:0".into();
         spec.admin_listen = "127.0.0.1:0".into();
         spec.access_log = false;
+        let (_held, port) = held_port();
         spec.targets = vec![Target {
-            address: "127.0.0.1:40003".into(),
+            address: format!("127.0.0.1:{port}"),
             weight: 1,
         }];
         // No probes: health must not change under the test (nothing listens there).

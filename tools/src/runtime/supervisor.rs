@@ -1113,8 +1113,10 @@ mod tests {
     /// replica 0).
     #[test]
     fn a_moved_base_port_replaces_all_replicas_at_once() {
-        // Three consecutive free ports.
-        let base = (20_000..60_000u16)
+        // Three consecutive free ports, below Linux's default ephemeral range (32768 up):
+        // no other test's `bind(0)` takes them while the replicas start, and the tcp checks
+        // that find a port not bound yet reach nobody else's listener.
+        let base = (20_000..32_000u16)
             .step_by(7)
             .find(|&p| (p..p + 3).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()))
             .unwrap();

@@ -886,8 +886,11 @@ mod tests {
                 spec.access_log = false;
                 spec.healthchecks.active.timeout = "60s".into();
                 spec.healthchecks.active.concurrency = concurrency;
+                // On 127.0.0.2: other test threads probe ports on 127.0.0.1 that they do
+                // not hold (a replica's port before it binds), and CI once counted one of
+                // those here when this listener happened to get such a port.
                 for _ in 0..5 {
-                    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    let l = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
                     spec.targets.push(crate::spec::Target {
                         address: l.local_addr().unwrap().to_string(),
                         weight: 1,
