@@ -4,7 +4,7 @@
 
 use super::events;
 use super::process;
-use super::supervisor::{self, Pool};
+use super::supervisor::{self, Needs, Pool};
 use crate::spec::{AgentInfo, API_VERSION};
 use crate::statedir::{self, StateDir};
 use anyhow::{bail, Context, Result};
@@ -145,10 +145,20 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
             tracing::info!("nothing to run: exiting");
             return Ok(());
         }
-        let supervising = !pools.is_empty() || !balancers.is_empty() || backups.busy();
+        // The earliest moment a backup falls due or an idle pool's schedule fires.
+        let mut wake = backups.next_due();
+        let mut pools_tick = false;
+        let now = Utc::now();
+        for p in pools.values() {
+            match p.needs(now) {
+                Needs::Tick => pools_tick = true,
+                Needs::WakeAt(at) => wake = wake.into_iter().chain(at).min(),
+            }
+        }
+        let supervising = pools_tick || !balancers.is_empty() || backups.busy();
         quiet = (!supervising).then(|| {
             quiet_wait(
-                backups.next_due(),
+                wake,
                 exit_when_idle.map(|d| idle_since + d),
                 rescan.watching(),
             )
@@ -171,10 +181,11 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
 /// inotify reports changes, else this (the look that finds a new spec).
 const QUIET_POLL: Duration = Duration::from_secs(1);
 
-/// How long an agent with no pool, no balancer and no backup running sleeps (ten ticks a
-/// second kept an idle laptop's agent waking for nothing): until its next scheduled backup
-/// is due, its idle exit, or the longest sleep, whichever comes first. A change to a spec
-/// wakes it sooner (see `Rescan::changed`).
+/// How long an agent with no process to watch (no pool, or every pool scaled to zero), no
+/// balancer and no backup running sleeps (ten ticks a second kept an idle laptop's agent
+/// waking for nothing): until its next scheduled backup or scaling schedule is due
+/// (`next_due`), its idle exit, or the longest sleep, whichever comes first. A change to a
+/// spec wakes it sooner (see `Rescan::changed`).
 fn quiet_wait(
     next_due: Option<chrono::DateTime<Utc>>,
     exit_at: Option<Instant>,

@@ -75,6 +75,16 @@ struct Replica {
     running_since: Option<Instant>,
 }
 
+/// See [`Pool::needs`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Needs {
+    /// Processes to start, watch, restart or stop: the agent's 100 ms tick.
+    Tick,
+    /// Nothing runs and nothing is wanted until this schedule firing (`None`: until the
+    /// spec changes).
+    WakeAt(Option<DateTime<Utc>>),
+}
+
 pub struct Pool {
     sd: StateDir,
     pub spec: ServiceSpec,
@@ -248,6 +258,35 @@ impl Pool {
 
     pub fn is_empty(&self) -> bool {
         self.replicas.values().all(|r| r.child.is_none())
+    }
+
+    /// What this pool needs from the agent's loop, as of its last tick. A pool scaled to
+    /// zero (the night window of a cost-saving schedule, or `replicas = 0`) has no process
+    /// to watch, and with no replica no load for the autoscaler to see: only a schedule
+    /// firing or a new spec (which wakes the agent itself) can start one. So it asks for no
+    /// tick, and the agent sleeps until the firing instead of waking ten times a second
+    /// all night.
+    pub fn needs(&self, now: DateTime<Utc>) -> Needs {
+        if self.removing
+            || !self.replicas.is_empty()
+            || self.desired != 0
+            || self.published.is_none()
+        {
+            return Needs::Tick;
+        }
+        // A firing since the pool last looked (it looks every 500 ms while ticking): tick
+        // until it has taken the new window in.
+        let in_force = schedule::active(&self.spec.schedules, now).map(|s| &s.name);
+        if in_force != self.schedule.as_ref() {
+            return Needs::Tick;
+        }
+        Needs::WakeAt(
+            self.spec
+                .schedules
+                .iter()
+                .filter_map(|s| schedule::next_fire(s, now))
+                .min(),
+        )
     }
 
     pub fn tick(&mut self) {
@@ -1105,6 +1144,70 @@ mod tests {
                 since.elapsed()
             );
             remove_all(&mut pool).await;
+        });
+    }
+
+    /// Scaled to zero by its schedule, a pool asks the agent for no tick until the next
+    /// firing of any of its schedules; with processes, or a firing it has not taken in
+    /// yet, it asks for the tick.
+    #[test]
+    fn a_pool_scaled_to_zero_sleeps_until_its_next_firing() {
+        let (_t, sd, rt) = fixture();
+        let sched = |name: &str, cron: &str, n: u32| crate::spec::Schedule {
+            name: name.into(),
+            cron: cron.into(),
+            timezone: "UTC".into(),
+            min_replicas: n,
+            max_replicas: n,
+        };
+        let mut spec = real_spec(vec!["sleep".into(), "60".into()], 2, "exec");
+        // "night" fires every minute, so it is the window in force (bar the first minute of
+        // a year); "day" would bring 2 replicas on 1 January.
+        spec.schedules = vec![sched("night", "* * * * *", 0), sched("day", "0 0 1 1 *", 2)];
+        rt.block_on(async {
+            let mut pool = Pool::new(sd.clone(), spec.clone(), "1".into());
+            assert_eq!(pool.needs(Utc::now()), Needs::Tick, "not looked yet");
+            pool.tick();
+            let now = Utc::now();
+            let Needs::WakeAt(Some(at)) = pool.needs(now) else {
+                panic!("{:?}", pool.needs(now))
+            };
+            assert!(
+                at > now && at - now <= chrono::Duration::seconds(60),
+                "{at} is not the next minute after {now}"
+            );
+            assert!(pool.status().replicas.is_empty());
+
+            // A window it has not taken in yet: the tick, until it has.
+            pool.schedule = Some("day".into());
+            assert_eq!(pool.needs(Utc::now()), Needs::Tick);
+
+            // No schedule, no replica: nothing to wake for but a new spec.
+            let mut zero = Pool::new(
+                sd.clone(),
+                ServiceSpec {
+                    replicas: 0,
+                    schedules: Vec::new(),
+                    ..spec.clone()
+                },
+                "1".into(),
+            );
+            zero.tick();
+            assert_eq!(zero.needs(Utc::now()), Needs::WakeAt(None));
+
+            // Processes to watch: the tick.
+            let mut one = running_pool(
+                &sd,
+                &ServiceSpec {
+                    name: "one".into(),
+                    replicas: 1,
+                    schedules: Vec::new(),
+                    ..spec.clone()
+                },
+            )
+            .await;
+            assert_eq!(one.needs(Utc::now()), Needs::Tick);
+            remove_all(&mut one).await;
         });
     }
 
