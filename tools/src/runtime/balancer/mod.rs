@@ -886,9 +886,10 @@ mod tests {
                 spec.access_log = false;
                 spec.healthchecks.active.timeout = "60s".into();
                 spec.healthchecks.active.concurrency = concurrency;
-                // On 127.0.0.2: other test threads probe ports on 127.0.0.1 that they do
-                // not hold (a replica's port before it binds), and CI once counted one of
-                // those here when this listener happened to get such a port.
+                // On 127.0.0.2: a test thread that probes a port on 127.0.0.1 it does not
+                // hold (a replica's port before the replica binds it; once, a fixed port)
+                // reaches this listener if it drew that port, and CI once counted such a
+                // probe here.
                 for _ in 0..5 {
                     let l = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
                     spec.targets.push(crate::spec::Target {
