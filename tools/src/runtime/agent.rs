@@ -145,24 +145,22 @@ async fn main_loop(sd: &StateDir, exit_when_idle: Option<Duration>) -> Result<()
             tracing::info!("nothing to run: exiting");
             return Ok(());
         }
-        // The earliest moment a backup falls due or an idle pool's schedule fires.
-        let mut wake = backups.next_due();
-        let mut pools_tick = false;
-        let now = Utc::now();
-        for p in pools.values() {
-            match p.needs(now) {
-                Needs::Tick => pools_tick = true,
-                Needs::WakeAt(at) => wake = wake.into_iter().chain(at).min(),
-            }
+        quiet = None;
+        // Pools are asked only when nothing else needs the tick: a sleeping pool's answer
+        // reads its schedules' crons, not worth doing ten times a second for nothing.
+        if balancers.is_empty() && !backups.busy() {
+            // `None` when a pool wants the tick; else the earliest moment a backup falls
+            // due or a sleeping pool's schedule fires (if any).
+            let now = Utc::now();
+            let wake = pools
+                .values()
+                .try_fold(backups.next_due(), |wake, p| match p.needs(now) {
+                    Needs::Tick => None,
+                    Needs::WakeAt(at) => Some(wake.into_iter().chain(at).min()),
+                });
+            quiet = wake
+                .map(|w| quiet_wait(w, exit_when_idle.map(|d| idle_since + d), rescan.watching()));
         }
-        let supervising = pools_tick || !balancers.is_empty() || backups.busy();
-        quiet = (!supervising).then(|| {
-            quiet_wait(
-                wake,
-                exit_when_idle.map(|d| idle_since + d),
-                rescan.watching(),
-            )
-        });
     }
     // Balancers first: they finish their requests while the workers still run.
     balancers.stop_all(sd);
