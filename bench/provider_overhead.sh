@@ -3,7 +3,10 @@
 # resources (tiny files) against 200 null_resources (HashiCorp's null provider 2.1.2 from
 # PyPI), same run, both Terraform versions. Target: localdr <= 1.2x null. Also one run with
 # our TCP_NODELAY fix switched off, to show what the tf-provider crate costs without it.
-# Usage: bash bench/provider_overhead.sh [RUNS]
+# SCHEMA_VARIANTS=1 adds, in the same run, the same plan against bench-only builds of the
+# provider whose localdr_backup schema is smaller (bench/schema_variant.py): how much of the
+# ratio is the schema of ../shared/design/resources.md rather than the provider's code.
+# Usage: [SCHEMA_VARIANTS=1] bash bench/provider_overhead.sh [RUNS]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUNS="${1:-9}"
@@ -65,6 +68,31 @@ for p in localdr null; do
   sed -E "s/count( +)= $N/count\1= 1/" "$W/$p/main.tf" > "$W/${p}1/main.tf"
 done
 ln -s ../localdr/files "$W/localdr1/files"
+
+# Bench-only providers with smaller schemas: built from a copy of this tree with
+# bench/schema_variant.py applied, each in its own plugin dir (`init -plugin-dir`).
+VARIANTS=()
+if [ "${SCHEMA_VARIANTS:-0}" = 1 ]; then
+  VARIANTS=(no-blocks top12)
+  VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)"
+  SRC="$W/src"; mkdir -p "$SRC"
+  cp -r "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" "$ROOT/provider" "$ROOT/tools" "$ROOT/tests" "$SRC/"
+  for sv in "${VARIANTS[@]}"; do
+    cp "$ROOT/provider/src/resources/backup.rs" "$SRC/provider/src/resources/backup.rs"
+    python3 "$ROOT/bench/schema_variant.py" "$sv" "$SRC/provider/src/resources/backup.rs"
+    echo "building the bench-only provider with the '$sv' schema" >&2
+    # Its own target dir, kept between runs: only the provider crate rebuilds per variant.
+    (cd "$SRC" && CARGO_TARGET_DIR="$ROOT/bench/out/schema-target" \
+      cargo build --release -p terraform-provider-localdr --quiet 2>/dev/null)
+    plug="$W/plugins-$sv/registry.terraform.io/localdr/localdr/$VERSION/linux_amd64"
+    mkdir -p "$plug"
+    install -m 0755 "$ROOT/bench/out/schema-target/release/terraform-provider-localdr" \
+      "$plug/terraform-provider-localdr_v$VERSION"
+    mkdir -p "$W/localdr-$sv"
+    cp "$W/localdr/main.tf" "$W/localdr-$sv/"
+    ln -s ../localdr/files "$W/localdr-$sv/files"
+  done
+fi
 declare -A RES
 for v in old new; do
   tf=$LOCALDR_TF_OLD; [ $v = new ] && tf=$LOCALDR_TF_NEW
@@ -75,14 +103,25 @@ for v in old new; do
     "$tf" -chdir="$W/$p" apply -auto-approve -input=false -no-color >/dev/null
     time_plan "$W/$p" "$tf" >/dev/null   # warm-up
   done
+  for sv in "${VARIANTS[@]}"; do
+    d="$W/localdr-$sv"
+    rm -rf "$d/.terraform" "$d/.terraform.lock.hcl" "$d/terraform.tfstate" "$d/vault"
+    "$tf" -chdir="$d" init -input=false -no-color -plugin-dir="$W/plugins-$sv" >/dev/null
+    "$tf" -chdir="$d" apply -auto-approve -input=false -no-color >/dev/null
+    time_plan "$d" "$tf" >/dev/null
+  done
   # Interleaved, so both see the same machine conditions.
-  tl=(); tn=(); tl1=(); tn1=()
+  tl=(); tn=(); tl1=(); tn1=(); declare -A TV=()
   for _ in $(seq "$RUNS"); do
     tl+=("$(time_plan "$W/localdr" "$tf")")
     tn+=("$(time_plan "$W/null" "$tf")")
     tl1+=("$(time_plan "$W/localdr1" "$tf")")
     tn1+=("$(time_plan "$W/null1" "$tf")")
+    for sv in "${VARIANTS[@]}"; do TV[$sv]+=" $(time_plan "$W/localdr-$sv" "$tf")"; done
   done
+  # shellcheck disable=SC2086 # the times are a space-separated list
+  for sv in "${VARIANTS[@]}"; do RES[$v-$sv]=$(median ${TV[$sv]}); done
+  unset TV
   RES[$v-localdr]=$(median "${tl[@]}")
   RES[$v-null]=$(median "${tn[@]}")
   RES[$v-localdr1]=$(median "${tl1[@]}")
@@ -109,3 +148,20 @@ for v in old new; do
     "$(python3 -c "print(f'{(${RES[$v-localdr]}-${RES[$v-localdr1]})*1000/($N-1):.2f}')")" \
     "$(python3 -c "print(f'{(${RES[$v-null]}-${RES[$v-null1]})*1000/($N-1):.2f}')")"
 done
+
+if [ "${#VARIANTS[@]}" -gt 0 ]; then
+  echo
+  echo "== the same plan, localdr_backup served with smaller schemas (bench-only builds)"
+  echo "   full: resources.md's schema, 20 top-level attributes and 3 blocks (41 in all);"
+  echo "   no-blocks: without retention, copy and postgres (20); top12: also without the 8"
+  echo "   optional top-level attributes this configuration leaves unset (12). null_resource: 2."
+  printf '%-22s %-10s %10s %8s %14s\n' terraform schema "localdr s" "/ null" "ms/res over null"
+  for v in old new; do
+    for sv in full "${VARIANTS[@]}"; do
+      k="$v-$sv"; [ "$sv" = full ] && k="$v-localdr"
+      printf '%-22s %-10s %10s %8s %14s\n' "${RES[$v-ver]}" "$sv" "${RES[$k]}" \
+        "$(python3 -c "print(f'{${RES[$k]}/${RES[$v-null]}:.2f}')")" \
+        "$(python3 -c "print(f'{(${RES[$k]}-${RES[$v-null]})*1000/$N:.2f}')")"
+    done
+  done
+fi
