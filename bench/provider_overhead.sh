@@ -82,8 +82,10 @@ if [ "${SCHEMA_VARIANTS:-0}" = 1 ]; then
     python3 "$ROOT/bench/schema_variant.py" "$sv" "$SRC/provider/src/resources/backup.rs"
     echo "building the bench-only provider with the '$sv' schema" >&2
     # Its own target dir, kept between runs: only the provider crate rebuilds per variant.
+    # Its warnings (the dropped attributes' now unused helpers) are noise; a failure is not.
     (cd "$SRC" && CARGO_TARGET_DIR="$ROOT/bench/out/schema-target" \
-      cargo build --release -p terraform-provider-localdr --quiet 2>/dev/null)
+      cargo build --release -p terraform-provider-localdr --quiet >"$W/build-$sv.log" 2>&1) ||
+      { cat "$W/build-$sv.log" >&2; exit 1; }
     plug="$W/plugins-$sv/registry.terraform.io/localdr/localdr/$VERSION/linux_amd64"
     mkdir -p "$plug"
     install -m 0755 "$ROOT/bench/out/schema-target/release/terraform-provider-localdr" \
