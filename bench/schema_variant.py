@@ -67,15 +67,15 @@ def main():
         die("no top-level attributes/blocks maps")
 
     def drop(text, names):
-        lines = [
-            line for line in text.split("\n")
-            if not (re.match(r'\s*"([a-z_]+)" =>', line)
-                    and re.match(r'\s*"([a-z_]+)" =>', line).group(1) in names)
-        ]
-        text = "\n".join(lines)
+        key = re.compile(r'\s*"([a-z_]+)" =>')
         for name in names:
-            if re.search(r'\n\s*"%s" =>' % name, text):
-                die(f"`{name}` still in the schema")
+            found = sum(1 for line in text.split("\n") if (m := key.match(line)) and m.group(1) == name)
+            if found != 1:
+                die(f"schema entry `{name}` found {found} times")
+        text = "\n".join(
+            line for line in text.split("\n")
+            if not ((m := key.match(line)) and m.group(1) in names)
+        )
         # No comma may be left before a map's closing brace (map! takes none when empty).
         return re.sub(r",(\s*)$", r"\1", text)
 
