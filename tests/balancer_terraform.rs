@@ -352,6 +352,122 @@ fn backup_service_takes_over_when_the_pool_is_gone() {
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
 }
 
+fn from_zero_config(sd: &Path, base: u16, listen: u16, extra: &str) -> String {
+    format!(
+        r#"
+{head}resource "localdr_service" "web" {{
+  name      = "web"
+  command   = ["{w}", "--port", "{{port}}"]
+  base_port = {base}
+  autoscaling {{
+    min_replicas       = 0
+    max_replicas       = 2
+    target_utilization = 1
+    scale_out_cooldown = "1s"
+    scale_in_cooldown  = "2s"
+  }}
+{extra}}}
+resource "localdr_balancer" "lb" {{
+  name    = "lb"
+  listen  = "127.0.0.1:{listen}"
+  service = localdr_service.web.name
+}}
+"#,
+        head = localdr_e2e::terraform_head(Some(sd)),
+        w = env!("CARGO_BIN_EXE_localdr-test-worker"),
+    )
+}
+
+/// Scale from zero: an autoscaled pool with `min_replicas = 0` scales in to zero while
+/// idle. A request to the balancer in front of it is then held rather than answered 503;
+/// it counts as the pool's load, and the replica the autoscaler starts for it answers.
+/// A pool held at zero by its schedule is not woken: the balancer answers 503 at once.
+#[test]
+fn a_request_wakes_an_autoscaled_pool_at_zero() {
+    let base = free_ports(2);
+    let listen = free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = tmp.path().join("state");
+    let tf = Tf::new(TfVersion::New, &from_zero_config(&sd, base, listen, ""));
+    let _cleanup = Cleanup(sd.clone());
+    tf.init();
+    tf.apply();
+    let at_zero = || {
+        StateDir::new(&sd)
+            .read_status("web")
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.desired == 0 && s.replicas.is_empty())
+    };
+    localdr_e2e::wait_for(
+        "the idle pool to scale in to zero",
+        Duration::from_secs(30),
+        at_zero,
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", base)).is_err(),
+        "a replica still answers"
+    );
+    tf.assert_empty_plan("with the pool scaled in to zero");
+
+    let start = std::time::Instant::now();
+    let body = get(listen).expect("the request held for the pool at zero failed");
+    println!(
+        "FIGURE scale from zero: the first request answered {:?} after it was sent",
+        start.elapsed()
+    );
+    assert_eq!(localdr_e2e::worker_port(&body), base, "{body}");
+    assert!(!at_zero(), "the pool did not scale up");
+    // Idle again, back to zero.
+    localdr_e2e::wait_for(
+        "the pool to scale in again",
+        Duration::from_secs(30),
+        at_zero,
+    );
+
+    // At zero by schedule (a window in force all the time): not woken, 503 at once.
+    let night = r#"  schedule {
+    name         = "night"
+    cron         = "* * * * * *"
+    min_replicas = 0
+    max_replicas = 0
+  }
+"#;
+    std::fs::write(
+        tf.path().join("main.tf"),
+        from_zero_config(&sd, base, listen, night),
+    )
+    .unwrap();
+    tf.apply();
+    localdr_e2e::wait_for(
+        "the schedule to hold the pool at zero",
+        Duration::from_secs(30),
+        || {
+            at_zero()
+                && StateDir::new(&sd)
+                    .read_status("web")
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.schedule.as_deref() == Some("night"))
+        },
+    );
+    // The pool publishes whether load may wake it on every evaluation; give it one.
+    std::thread::sleep(Duration::from_millis(600));
+    let start = std::time::Instant::now();
+    let out = localdr_e2e::http_get(listen, "/", "");
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "held {:?} for a pool its schedule keeps at zero",
+        start.elapsed()
+    );
+    assert!(
+        at_zero(),
+        "a request woke a pool its schedule keeps at zero"
+    );
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+}
+
 fn rolling_config(sd: &Path, base: u16, listen: u16, version: u32) -> String {
     format!(
         r#"

@@ -7,6 +7,7 @@ pub mod backups;
 pub mod balancer;
 pub mod balancers;
 pub mod control;
+pub mod demand;
 pub mod events;
 pub mod health;
 pub mod inotify;

@@ -249,6 +249,7 @@ impl Pool {
     /// Stop every replica; the pool is done when `is_empty`.
     pub fn remove(&mut self) {
         self.removing = true;
+        super::demand::set_wakeable(&self.spec.name, false);
         for r in self.replicas.values_mut() {
             if r.child.is_some() && !matches!(r.state, State::Stopping { .. }) {
                 stop(&self.spec, r, After::Retire);
@@ -339,11 +340,16 @@ impl Pool {
             min = w.min_replicas;
             max = w.max_replicas;
         }
+        // A balancer holds a request for this pool at zero only if load can bring it back.
+        super::demand::set_wakeable(&self.spec.name, self.spec.autoscaling.is_some() && max > 0);
         match (&self.spec.autoscaling, &mut self.autoscaler) {
             (Some(a), Some(scaler)) => {
                 if now >= self.next_sample {
                     self.next_sample = now + Duration::from_millis(500);
-                    self.in_flight = super::load::established(&held_ports(&self.replicas));
+                    // Connections to the replicas, and requests a balancer holds while
+                    // there is none to connect to (scale from zero).
+                    self.in_flight = super::load::established(&held_ports(&self.replicas))
+                        + super::demand::waiting(&self.spec.name);
                     scaler.step(
                         now,
                         self.in_flight as f64,

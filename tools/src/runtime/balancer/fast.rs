@@ -420,9 +420,18 @@ async fn forward(
     let mut tried = [0usize; 8];
     let mut n_tried = 0;
     let mut retries = 0u32;
+    let mut held = false;
     loop {
-        let attempt_start = if retries == 0 { start } else { Instant::now() };
+        let attempt_start = if retries == 0 && !held {
+            start
+        } else {
+            Instant::now()
+        };
         let Some(target) = lb.choose_at(&tried[..n_tried], attempt_start) else {
+            if !held && retries == 0 && lb.await_pool(start).await {
+                held = true;
+                continue;
+            }
             return Err((
                 None,
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -86,6 +86,8 @@ pub struct Balancer {
     access_on: bool,
     /// `correlation_id`, parsed once per reload.
     correlation: ArcSwap<Correlation>,
+    /// Woken when the target list changes: requests held for a pool at zero wait on it.
+    targets_changed: tokio::sync::Notify,
 }
 
 /// The request id header as the proxy uses it.
@@ -132,6 +134,7 @@ impl Balancer {
             access_on: access_log.is_some(),
             access: Mutex::new(access_log.map(std::io::BufWriter::new)),
             correlation: ArcSwap::from_pointee(Correlation::of(&spec)),
+            targets_changed: tokio::sync::Notify::new(),
         });
         lb.set_targets(&spec, Followed::default());
         lb
@@ -231,6 +234,38 @@ impl Balancer {
             .ne(old.iter().map(|t| (&t.address, t.weight, t.backup)))
         {
             self.targets.store(Arc::new(list));
+            self.targets_changed.notify_waiters();
+        }
+    }
+
+    /// Hold a request that found no target because the followed pool has no replica, until
+    /// one runs (true) or `timeouts.connect` from `since` passes (false). Only for a pool
+    /// that load can bring back (autoscaled, its schedule allowing a replica); while held,
+    /// the request counts as the pool's load, so the autoscaler starts a replica: scale
+    /// from zero, as Knative's activator does it.
+    pub async fn await_pool(&self, since: Instant) -> bool {
+        let cfg = self.config();
+        let Some(service) = cfg.service.as_deref() else {
+            return false;
+        };
+        let has_primary = || self.targets().iter().any(|t| !t.backup);
+        if has_primary() || !super::demand::wakeable(service) {
+            return false;
+        }
+        let _held = super::demand::Held::new(service);
+        let until = tokio::time::Instant::from_std(since + self.connect_timeout());
+        tracing::debug!(balancer = %self.name, %service, "holding a request until the pool starts a replica");
+        loop {
+            let changed = self.targets_changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change between the two is not missed.
+            changed.as_mut().enable();
+            if has_primary() {
+                return true;
+            }
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                return false;
+            }
         }
     }
 

@@ -415,15 +415,20 @@ pub async fn handle(
     let mut tried = [0usize; 8];
     let mut n_tried = 0;
     let mut retries = 0u32;
+    let mut held = false;
     loop {
         // An attempt's deadline counts from when it starts; the first one's start is a
         // clock reading already made.
-        let attempt_start = if retries == 0 {
+        let attempt_start = if retries == 0 && !held {
             first_attempt
         } else {
             Instant::now()
         };
         let Some(target) = lb.choose_at(&tried[..n_tried], attempt_start) else {
+            if !held && retries == 0 && lb.await_pool(first_attempt).await {
+                held = true;
+                continue;
+            }
             lb.finish(request_id, &peer, "-", 503, start, retries);
             return Ok(simple(
                 StatusCode::SERVICE_UNAVAILABLE,
