@@ -95,23 +95,19 @@ if [ "${SCHEMA_VARIANTS:-0}" = 1 ]; then
     ln -s ../localdr/files "$W/localdr-$sv/files"
   done
 fi
+prepare() { # dir tf [init args...]: a fresh init and apply, then one warm-up plan
+  local dir="$1" tf="$2"; shift 2
+  rm -rf "$dir/.terraform" "$dir/.terraform.lock.hcl" "$dir/terraform.tfstate" "$dir/vault"
+  "$tf" -chdir="$dir" init -input=false -no-color "$@" >/dev/null
+  "$tf" -chdir="$dir" apply -auto-approve -input=false -no-color >/dev/null
+  time_plan "$dir" "$tf" >/dev/null
+}
 declare -A RES
 for v in old new; do
   tf=$LOCALDR_TF_OLD; [ $v = new ] && tf=$LOCALDR_TF_NEW
   ver="$("$tf" version | head -n 1)"
-  for p in localdr null localdr1 null1; do
-    rm -rf "$W/$p/.terraform" "$W/$p/.terraform.lock.hcl" "$W/$p/terraform.tfstate" "$W/$p/vault"
-    "$tf" -chdir="$W/$p" init -input=false -no-color >/dev/null
-    "$tf" -chdir="$W/$p" apply -auto-approve -input=false -no-color >/dev/null
-    time_plan "$W/$p" "$tf" >/dev/null   # warm-up
-  done
-  for sv in "${VARIANTS[@]}"; do
-    d="$W/localdr-$sv"
-    rm -rf "$d/.terraform" "$d/.terraform.lock.hcl" "$d/terraform.tfstate" "$d/vault"
-    "$tf" -chdir="$d" init -input=false -no-color -plugin-dir="$W/plugins-$sv" >/dev/null
-    "$tf" -chdir="$d" apply -auto-approve -input=false -no-color >/dev/null
-    time_plan "$d" "$tf" >/dev/null
-  done
+  for p in localdr null localdr1 null1; do prepare "$W/$p" "$tf"; done
+  for sv in "${VARIANTS[@]}"; do prepare "$W/localdr-$sv" "$tf" -plugin-dir="$W/plugins-$sv"; done
   # Interleaved, so both see the same machine conditions.
   tl=(); tn=(); tl1=(); tn1=(); declare -A TV=()
   for _ in $(seq "$RUNS"); do

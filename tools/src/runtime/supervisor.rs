@@ -263,10 +263,11 @@ impl Pool {
 
     /// What this pool needs from the agent's loop, as of its last tick. A pool scaled to
     /// zero (the night window of a cost-saving schedule, or `replicas = 0`) has no process
-    /// to watch, and with no replica no load for the autoscaler to see: only a schedule
-    /// firing or a new spec (which wakes the agent itself) can start one. So it asks for no
-    /// tick, and the agent sleeps until the firing instead of waking ten times a second
-    /// all night.
+    /// to watch, and with no replica no connection for the autoscaler to count: only a
+    /// schedule firing, a new spec (which wakes the agent itself) or a request a balancer
+    /// holds for it ([`super::demand`]; the agent ticks anyway while a balancer runs) can
+    /// start one. So it asks for no tick, and the agent sleeps until the firing instead of
+    /// waking ten times a second all night.
     pub fn needs(&self, now: DateTime<Utc>) -> Needs {
         if self.removing
             || !self.replicas.is_empty()
