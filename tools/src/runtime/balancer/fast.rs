@@ -17,7 +17,7 @@ use super::ratelimit::{Quota, RateLimiter};
 use super::targets::Outcome;
 use super::targets::TargetState;
 use super::upstream::{self, SendError};
-use super::Balancer;
+use super::{Balancer, View};
 use bytes::BytesMut;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, StatusCode};
@@ -274,19 +274,17 @@ pub async fn serve(
     // Made once: a watch's `changed()` made per wait costs a registration each time.
     let stopped = stop.changed();
     tokio::pin!(stopped);
+    let mut view = lb.view();
     loop {
         // A whole head, or the connection goes elsewhere.
         deadline.set(now + client_timeout);
-        let corr = lb.correlation();
         let head = loop {
             if !buf.is_empty() {
-                // Looked up per head, not held: a guard held while a connection idles
-                // would pin an old limiter and use up the swap's fast slots.
-                let key_name = lb
-                    .limiter()
-                    .and_then(|g| g.as_ref().as_ref().and_then(|l| l.header().cloned()));
-                let key_name = key_name.as_ref().map(|h| h.as_str());
-                match inspect(&buf, &mut lines, corr.name.as_str(), key_name) {
+                // Brought up to date per head: a request sees the state of its moment.
+                lb.refresh(&mut view);
+                let key_name = view.limiter.as_ref().as_ref().and_then(|l| l.header());
+                let key_name = key_name.map(|h| h.as_str());
+                match inspect(&buf, &mut lines, view.corr.name.as_str(), key_name) {
                     Inspect::Serve(h) => break h,
                     Inspect::Other => return Served::Handoff(Prefixed { pre: buf, io }),
                     Inspect::Partial => {}
@@ -306,6 +304,7 @@ pub async fn serve(
             }
         };
         let start = Instant::now();
+        let corr = &view.corr;
         let id_buf;
         let rid: &[u8] = match head.rid {
             Some((a, b)) => &buf[a..b],
@@ -330,11 +329,7 @@ pub async fn serve(
         let id = std::str::from_utf8(rid).unwrap_or("-");
         let close = head.close || *watch.borrow();
         // Over a rate limit: 429 at once. Under it: what is left, for the answer's head.
-        let checked = lb.limiter().map(|guard| {
-            let rl = guard
-                .as_ref()
-                .as_ref()
-                .expect("limiter() only returns a set limiter");
+        let checked = view.limiter.as_ref().as_ref().map(|rl| {
             let value = head
                 .key
                 .and_then(|(a, b)| std::str::from_utf8(&buf[a..b]).ok());
@@ -351,7 +346,7 @@ pub async fn serve(
             path,
             lines: &lines,
             rid,
-            corr: &corr,
+            corr,
             close,
             quota,
         };
@@ -368,7 +363,7 @@ pub async fn serve(
             bytes::Buf::advance(&mut buf, head.len);
             continue;
         }
-        let written = match forward(lb, &req, start, &mut deadline, &mut down).await {
+        let written = match forward(lb, &view, &req, start, &mut deadline, &mut down).await {
             Ok((target, status, body, retries)) => {
                 let r = write_body(&mut io, &mut down, body).await;
                 now = lb.finish(id, &peer, &target.address, status, start, retries);
@@ -410,26 +405,35 @@ type Failed = (Option<Arc<TargetState>>, StatusCode, &'static str, u32);
 /// On an answer, its head for the client is in `down`.
 async fn forward(
     lb: &Arc<Balancer>,
+    view: &View,
     req: &Req<'_>,
     start: Instant,
     deadline: &mut Deadline,
     down: &mut Vec<u8>,
 ) -> Result<Forwarded, Failed> {
-    let cfg = lb.config();
+    let cfg = &view.cfg;
     let safe = proxy::idempotent(&req.head.method);
     let mut tried = [0usize; 8];
     let mut n_tried = 0;
     let mut retries = 0u32;
     let mut held = false;
+    // The target list after a hold: the view's is the one that had no target.
+    let mut after_hold: Option<Arc<Vec<Arc<TargetState>>>> = None;
     loop {
         let attempt_start = if retries == 0 && !held {
             start
         } else {
             Instant::now()
         };
-        let Some(target) = lb.choose_at(&tried[..n_tried], attempt_start) else {
+        let Some(target) = lb.choose_in(
+            after_hold.as_deref().unwrap_or(&view.targets),
+            &view.picker,
+            &tried[..n_tried],
+            attempt_start,
+        ) else {
             if !held && retries == 0 && lb.await_pool(start).await {
                 held = true;
+                after_hold = Some(lb.targets());
                 continue;
             }
             return Err((
@@ -474,9 +478,9 @@ async fn forward(
             status,
             matches!(sent, Ok(Err(SendError::Connect(_)))),
             sent.is_err(),
-            &cfg,
+            cfg,
         );
-        lb.observe(&target, outcome, &cfg);
+        lb.observe(&target, outcome, cfg);
         let can_retry =
             || retries < cfg.retries && (safe || nothing_sent) && lb.retry_allowed(Instant::now());
         match sent {

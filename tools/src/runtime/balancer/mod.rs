@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use targets::{Outcome, TargetState};
 
 thread_local! {
-    static CANDIDATES: std::cell::RefCell<Vec<(Arc<TargetState>, u32)>> =
+    /// Candidates of a pick: indexes into the target list and effective weights. Indexes
+    /// rather than `Arc`s: a clone and a drop per candidate are two atomic operations.
+    static CANDIDATES: std::cell::RefCell<Vec<(usize, u32)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -88,6 +90,24 @@ pub struct Balancer {
     correlation: ArcSwap<Correlation>,
     /// Woken when the target list changes: requests held for a pool at zero wait on it.
     targets_changed: tokio::sync::Notify,
+    /// Bumped after every swap of the configuration, the targets, the picker, the rate
+    /// limiter or the request id header: a [`View`] is current while this is unchanged.
+    generation: AtomicU64,
+}
+
+/// What a request reads of the balancer's swappable state, held by a connection across
+/// its requests and refreshed only when a reload or a change of the followed pool swapped
+/// something in. Each `ArcSwap` load costs a few atomic read-modify-writes (its debt slot,
+/// the `Arc` count); a connection's request costs one plain load of [`Balancer::generation`]
+/// instead of five such loads. A request still starts with the state of the moment: a
+/// swap is seen by the next request on every connection.
+pub struct View {
+    generation: u64,
+    pub cfg: Arc<BalancerSpec>,
+    pub targets: Arc<Vec<Arc<TargetState>>>,
+    pub picker: Arc<Picker>,
+    pub limiter: Arc<Option<RateLimiter>>,
+    pub corr: Arc<Correlation>,
 }
 
 /// The request id header as the proxy uses it.
@@ -135,6 +155,7 @@ impl Balancer {
             access: Mutex::new(access_log.map(std::io::BufWriter::new)),
             correlation: ArcSwap::from_pointee(Correlation::of(&spec)),
             targets_changed: tokio::sync::Notify::new(),
+            generation: AtomicU64::new(0),
         });
         lb.set_targets(&spec, Followed::default());
         lb
@@ -151,6 +172,33 @@ impl Balancer {
 
     pub fn targets(&self) -> Arc<Vec<Arc<TargetState>>> {
         self.targets.load_full()
+    }
+
+    /// The swappable state as it is now.
+    pub fn view(&self) -> View {
+        // Read before the loads: a swap that lands between them leaves this view one
+        // generation behind, so the next refresh loads again.
+        let generation = self.generation.load(Ordering::Acquire);
+        View {
+            generation,
+            cfg: self.cfg.load_full(),
+            targets: self.targets.load_full(),
+            picker: self.picker.load_full(),
+            limiter: self.limiter.load_full(),
+            corr: self.correlation.load_full(),
+        }
+    }
+
+    /// Bring `v` up to date if anything was swapped since it was taken.
+    pub fn refresh(&self, v: &mut View) {
+        if self.generation.load(Ordering::Acquire) != v.generation {
+            *v = self.view();
+        }
+    }
+
+    /// After a swap: views taken before it are stale.
+    fn swapped(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Swap in a new configuration; targets keep their state when their address stays.
@@ -183,6 +231,7 @@ impl Balancer {
         self.client_ms.store(client_ms(&spec), Ordering::Relaxed);
         self.drain_ms.store(drain_ms(&spec), Ordering::Relaxed);
         self.cfg.store(Arc::new(spec));
+        self.swapped();
     }
 
     /// Rebuild the target list from the spec (and the followed services' replicas).
@@ -234,6 +283,7 @@ impl Balancer {
             .ne(old.iter().map(|t| (&t.address, t.weight, t.backup)))
         {
             self.targets.store(Arc::new(list));
+            self.swapped();
             self.targets_changed.notify_waiters();
         }
     }
@@ -284,9 +334,18 @@ impl Balancer {
     /// [`Balancer::choose`] with the clock already read (a request's first attempt has just
     /// read it).
     pub fn choose_at(&self, tried: &[usize], now: Instant) -> Option<Arc<TargetState>> {
-        let targets = self.targets();
+        self.choose_in(&self.targets(), &self.picker.load(), tried, now)
+    }
+
+    /// [`Balancer::choose_at`] over a target list and a picker already loaded (a [`View`]'s).
+    pub fn choose_in(
+        &self,
+        targets: &[Arc<TargetState>],
+        picker: &Picker,
+        tried: &[usize],
+        now: Instant,
+    ) -> Option<Arc<TargetState>> {
         let slow = Duration::from_millis(self.slow_start_ms.load(Ordering::Relaxed));
-        let picker = self.picker.load();
         let pick_from = |backup: bool, only_available: bool, fresh: bool| {
             // One candidate list per thread, reused: no allocation per request.
             CANDIDATES.with(|c| {
@@ -296,16 +355,17 @@ impl Balancer {
                 c.extend(
                     targets
                         .iter()
-                        .filter(|t| t.backup == backup && !t.draining.load(Ordering::Relaxed))
-                        .filter(|t| !fresh || !tried.contains(&t.id()))
-                        .filter_map(|t| {
+                        .enumerate()
+                        .filter(|(_, t)| t.backup == backup && !t.draining.load(Ordering::Relaxed))
+                        .filter(|(_, t)| !fresh || !tried.contains(&t.id()))
+                        .filter_map(|(i, t)| {
                             let (available, w) = t.weight_now(now, slow);
-                            (available || !only_available).then(|| (t.clone(), w))
+                            (available || !only_available).then_some((i, w))
                         }),
                 );
-                let r = picker.pick(&c);
+                let r = picker.pick(targets, &c);
                 c.clear();
-                r
+                r.map(|i| targets[i].clone())
             })
         };
         let threshold = self.panic_threshold.load(Ordering::Relaxed) as usize;
@@ -970,5 +1030,41 @@ mod tests {
             lb.client_timeout(),
             dur(&crate::spec::Timeouts::default().client)
         );
+    }
+
+    /// A connection's view is kept while nothing changes and taken again after any swap:
+    /// targets (a reload, or the followed pool moving), the algorithm, the rate limit, the
+    /// request id header.
+    #[test]
+    fn a_view_is_refreshed_exactly_when_something_was_swapped() {
+        let mut spec = crate::runtime::balancers::placeholder("lb");
+        spec.access_log = false;
+        let lb = Balancer::new(spec.clone(), None);
+        let mut v = lb.view();
+        let first = v.targets.clone();
+        lb.refresh(&mut v);
+        assert!(
+            Arc::ptr_eq(&v.targets, &first),
+            "nothing swapped: the same view"
+        );
+        // The same spec again swaps nothing but the configuration; the view follows it.
+        lb.reload(spec.clone(), Followed::default());
+        lb.refresh(&mut v);
+        assert!(Arc::ptr_eq(&v.targets, &first));
+        assert!(Arc::ptr_eq(&v.cfg, &lb.config()));
+        let followed = Followed {
+            primary: vec!["127.0.0.1:9".into()],
+            backup: vec![],
+        };
+        lb.set_targets(&spec, followed);
+        lb.refresh(&mut v);
+        assert!(v.targets.iter().any(|t| t.address == "127.0.0.1:9"));
+        spec.algorithm = "least-connections".into();
+        spec.correlation_id.header_name = "X-Trace".into();
+        lb.reload(spec, Followed::default());
+        lb.refresh(&mut v);
+        assert!(!v.targets.iter().any(|t| t.address == "127.0.0.1:9"));
+        assert_eq!(v.corr.name.as_str(), "x-trace");
+        assert!(Arc::ptr_eq(&v.picker, &lb.picker.load_full()));
     }
 }

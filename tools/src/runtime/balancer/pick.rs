@@ -23,18 +23,22 @@ impl Picker {
         }
     }
 
-    /// Pick among `cands` (address, effective weight); `None` when empty.
-    pub fn pick(&self, cands: &[(Arc<TargetState>, u32)]) -> Option<Arc<TargetState>> {
+    /// Pick among `cands` (an index into `targets`, the target's effective weight): the
+    /// index picked, `None` when there is no candidate.
+    pub fn pick(&self, targets: &[Arc<TargetState>], cands: &[(usize, u32)]) -> Option<usize> {
         match cands.len() {
             0 => return None,
-            1 => return Some(cands[0].0.clone()),
+            1 => return Some(cands[0].0),
             _ => {}
         }
+        let load = |&(i, w): &(usize, u32)| {
+            targets[i].in_flight.load(Ordering::Relaxed) as f64 / w.max(1) as f64
+        };
         match self.algorithm.as_str() {
             "least-connections" => cands
                 .iter()
                 .min_by(|a, b| load(a).total_cmp(&load(b)))
-                .map(|c| c.0.clone()),
+                .map(|c| c.0),
             "random-two-choices" => {
                 let i = (self.rand() % cands.len() as u64) as usize;
                 let mut j = (self.rand() % (cands.len() as u64 - 1)) as usize;
@@ -42,25 +46,26 @@ impl Picker {
                     j += 1;
                 }
                 let (a, b) = (&cands[i], &cands[j]);
-                Some(if load(a) <= load(b) {
-                    a.0.clone()
-                } else {
-                    b.0.clone()
-                })
+                Some(if load(a) <= load(b) { a.0 } else { b.0 })
             }
             _ => {
+                // The running weights are only written under this lock: a plain load and
+                // store each, where `fetch_add` would be a locked instruction per target.
                 let _round = self.round.lock().expect("picker lock");
                 let total: i64 = cands.iter().map(|c| c.1 as i64).sum();
                 let mut best: Option<(usize, i64)> = None;
-                for (i, (t, w)) in cands.iter().enumerate() {
-                    let c = t.wrr_current.fetch_add(*w as i64, Ordering::Relaxed) + *w as i64;
+                for &(i, w) in cands {
+                    let cur = &targets[i].wrr_current;
+                    let c = cur.load(Ordering::Relaxed) + w as i64;
+                    cur.store(c, Ordering::Relaxed);
                     if best.is_none_or(|(_, b)| c > b) {
                         best = Some((i, c));
                     }
                 }
                 let (i, _) = best?;
-                cands[i].0.wrr_current.fetch_sub(total, Ordering::Relaxed);
-                Some(cands[i].0.clone())
+                let cur = &targets[i].wrr_current;
+                cur.store(cur.load(Ordering::Relaxed) - total, Ordering::Relaxed);
+                Some(i)
             }
         }
     }
@@ -77,10 +82,6 @@ impl Picker {
     }
 }
 
-fn load(c: &(Arc<TargetState>, u32)) -> f64 {
-    c.0.in_flight.load(std::sync::atomic::Ordering::Relaxed) as f64 / c.1.max(1) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,10 +91,11 @@ mod tests {
         let a = Arc::new(TargetState::new("a", 5, false));
         let b = Arc::new(TargetState::new("b", 1, false));
         let c = Arc::new(TargetState::new("c", 1, false));
-        let cands = vec![(a, 5), (b, 1), (c, 1)];
+        let targets = vec![a, b, c];
+        let cands = [(0, 5), (1, 1), (2, 1)];
         let p = Picker::new("round-robin");
         let seq: String = (0..7)
-            .map(|_| p.pick(&cands).unwrap().address.clone())
+            .map(|_| targets[p.pick(&targets, &cands).unwrap()].address.clone())
             .collect();
         // nginx's example: a a b a c a a
         assert_eq!(seq, "aabacaa");
@@ -105,6 +107,7 @@ mod tests {
         let b = Arc::new(TargetState::new("b", 1, false));
         a.in_flight.store(3, std::sync::atomic::Ordering::Relaxed);
         let p = Picker::new("least-connections");
-        assert_eq!(p.pick(&[(a, 1), (b, 1)]).unwrap().address, "b");
+        let targets = [a, b];
+        assert_eq!(p.pick(&targets, &[(0, 1), (1, 1)]), Some(1));
     }
 }

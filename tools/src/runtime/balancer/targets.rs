@@ -2,7 +2,7 @@
 //! Envoy-style ejection with a growing ejection time, in-flight count and slow start.
 
 use crate::spec::{dur, Healthchecks};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,12 @@ pub struct TargetState {
     pub wrr_current: std::sync::atomic::AtomicI64,
     /// Idle keep-alive connections to this target.
     pub idle: super::upstream::Idle,
+    /// Healthy, not ejected, no slow start under way: a pick then needs no lock to know
+    /// the target's availability and weight. Written under the health lock (see
+    /// [`TargetState::publish`]); read without it on every pick.
+    steady: AtomicBool,
+    /// The passive counters hold a failure: only then does a success have a count to reset.
+    passive_failed: AtomicBool,
 }
 
 impl TargetState {
@@ -78,6 +84,8 @@ impl TargetState {
                 .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("invalid.invalid:1")),
             wrr_current: std::sync::atomic::AtomicI64::new(0),
             idle: Default::default(),
+            steady: AtomicBool::new(true),
+            passive_failed: AtomicBool::new(false),
         }
     }
 
@@ -89,7 +97,17 @@ impl TargetState {
 
     /// Can take new requests now: healthy, not ejected, not draining.
     pub fn available(&self, now: Instant) -> bool {
-        self.weight_now(now, Duration::ZERO).0
+        self.weight_at(now, None).0
+    }
+
+    /// Publish what a pick and a success read without the lock; called under it after
+    /// every change to `h`.
+    fn publish(&self, h: &Health) {
+        let steady = h.healthy && h.ejected_until.is_none() && h.readmitted_at.is_none();
+        self.steady.store(steady, Ordering::Release);
+        let c = &h.passive;
+        let failed = c.http_failures > 0 || c.tcp_failures > 0 || c.timeouts > 0;
+        self.passive_failed.store(failed, Ordering::Release);
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -102,9 +120,27 @@ impl TargetState {
 
     /// [`TargetState::available`] and the weight after slow start (ramping linearly from 10%
     /// over `slow_start` after readmission), under one lock: both are asked of every target
-    /// on every pick.
+    /// on every pick. `slow_start`: the balancer's.
     pub fn weight_now(&self, now: Instant, slow_start: Duration) -> (bool, u32) {
-        let h = self.health.lock().expect("health lock");
+        self.weight_at(now, Some(slow_start))
+    }
+
+    /// [`TargetState::weight_now`]; `None` when the caller asks only for availability (and
+    /// the weight it gives is then not the one after slow start).
+    fn weight_at(&self, now: Instant, slow_start: Option<Duration>) -> (bool, u32) {
+        if self.steady.load(Ordering::Acquire) {
+            let available = !self.draining.load(Ordering::Relaxed) && self.weight != 0;
+            return (available, self.weight);
+        }
+        let mut h = self.health.lock().expect("health lock");
+        // A slow start that is over is forgotten, so that the target is steady again.
+        if let (Some(t), Some(slow)) = (h.readmitted_at, slow_start) {
+            if now.saturating_duration_since(t) >= slow {
+                h.readmitted_at = None;
+                self.publish(&h);
+            }
+        }
+        let slow_start = slow_start.unwrap_or(Duration::ZERO);
         let available = !self.draining.load(Ordering::Relaxed)
             && self.weight != 0
             && h.healthy
@@ -136,16 +172,20 @@ impl TargetState {
         } else if tripped(&h.active, &t.unhealthy) {
             h.healthy = false;
         }
+        self.publish(&h);
         let after = h.healthy && h.ejected_until.is_none();
         (after != before).then_some(after)
     }
 
     /// A live request's success (passive health).
     pub fn record_success(&self) {
-        bump(
-            &mut self.health.lock().expect("health lock").passive,
-            Outcome::Success,
-        );
+        // Nothing to reset (passive successes count for nothing on their own): no lock.
+        if !self.passive_failed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut h = self.health.lock().expect("health lock");
+        bump(&mut h.passive, Outcome::Success);
+        self.publish(&h);
     }
 
     /// A live request's result. Enough failures eject the target for
@@ -159,6 +199,19 @@ impl TargetState {
         allowed: bool,
     ) -> bool {
         let mut h = self.health.lock().expect("health lock");
+        let ejected = Self::count_passive(&mut h, o, hc, now, allowed);
+        self.publish(&h);
+        ejected
+    }
+
+    /// [`TargetState::record_passive`] under the lock.
+    fn count_passive(
+        h: &mut Health,
+        o: Outcome,
+        hc: &Healthchecks,
+        now: Instant,
+        allowed: bool,
+    ) -> bool {
         bump(&mut h.passive, o);
         if o == Outcome::Success {
             return false;
@@ -283,5 +336,40 @@ mod tests {
         t.record_active(Outcome::HttpFailure, &hc, now);
         assert_eq!(t.record_active(Outcome::HttpFailure, &hc, now), Some(false));
         assert!(!t.available(now));
+    }
+
+    /// The lock-free answers (a steady target's weight, a success with nothing to reset)
+    /// must agree with the locked ones through a whole ejection and slow start.
+    #[test]
+    fn steady_reads_follow_ejection_readmission_and_slow_start() {
+        let hc = Healthchecks::default();
+        let slow = Duration::from_secs(10);
+        let t = TargetState::new("127.0.0.1:1", 10, false);
+        let now = Instant::now();
+        assert_eq!(t.weight_now(now, slow), (true, 10));
+        // One failure, then a success: the count starts again, so two more failures are
+        // needed to eject (consecutive failures, as Kong counts them).
+        t.record_passive(Outcome::TcpFailure, &hc, now, true);
+        t.record_success();
+        assert!(!t.record_passive(Outcome::TcpFailure, &hc, now, true));
+        assert!(t.record_passive(Outcome::TcpFailure, &hc, now, true));
+        assert!(!t.weight_now(now, slow).0);
+        // Re-admitted by active checks: the weight ramps from 10%, not from the steady path.
+        let back = now + Duration::from_secs(5);
+        t.record_active(Outcome::Success, &hc, back);
+        t.record_active(Outcome::Success, &hc, back);
+        assert_eq!(t.weight_now(back, slow), (true, 1));
+        assert_eq!(t.weight_now(back + Duration::from_secs(5), slow), (true, 6));
+        // Availability alone does not end a slow start.
+        assert!(t.available(back + Duration::from_secs(20)));
+        assert_eq!(t.weight_now(back + Duration::from_secs(5), slow), (true, 6));
+        // Once it is over the full weight holds, also when asked with an earlier clock.
+        assert_eq!(t.weight_now(back + slow, slow), (true, 10));
+        assert_eq!(t.weight_now(back, slow), (true, 10));
+        // A draining or zero-weight target is never available, steady or not.
+        t.draining.store(true, Ordering::Relaxed);
+        assert!(!t.weight_now(back + slow, slow).0);
+        let z = TargetState::new("127.0.0.1:2", 0, false);
+        assert!(!z.weight_now(now, slow).0);
     }
 }
