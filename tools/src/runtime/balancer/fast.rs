@@ -326,7 +326,7 @@ pub async fn serve(
         lines.extend_from_slice(rid);
         lines.extend_from_slice(b"\r\n");
         let path = std::str::from_utf8(&buf[head.path.0..head.path.1]).unwrap_or("/");
-        let id = std::str::from_utf8(rid).unwrap_or("-");
+        let id = rid;
         let close = head.close || *watch.borrow();
         // Over a rate limit: 429 at once. Under it: what is left, for the answer's head.
         let checked = view.limiter.as_ref().as_ref().map(|rl| {
@@ -505,11 +505,20 @@ async fn forward(
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), which are not passed on: hyper's path's list.
+/// Hop-by-hop headers (RFC 9110 §7.6.1), which are not passed on: hyper's path's list
+/// ([`proxy::hop_by_hop`]; a test holds the two together), switched on the name's length
+/// first, as every header of every answer is asked.
 fn hop_by_hop(name: &str) -> bool {
-    proxy::hop_by_hop()
-        .iter()
-        .any(|n| n.as_str().len() == name.len() && n.as_str().eq_ignore_ascii_case(name))
+    let is = |s: &str| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// The status line.
@@ -974,5 +983,28 @@ mod tests {
             waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
             "{waited:?}"
         );
+    }
+
+    #[test]
+    fn the_hop_by_hop_switch_is_hyper_paths_list() {
+        for n in proxy::hop_by_hop() {
+            assert!(hop_by_hop(n.as_str()), "{n}");
+            assert!(hop_by_hop(&n.as_str().to_ascii_uppercase()), "{n}");
+        }
+        for n in [
+            "host",
+            "tee",
+            "trailers",
+            "connections",
+            "keep-alive2",
+            "x-upgrade",
+        ] {
+            assert!(!hop_by_hop(n), "{n}");
+        }
+        let lens: std::collections::BTreeSet<usize> = proxy::hop_by_hop()
+            .iter()
+            .map(|n| n.as_str().len())
+            .collect();
+        assert_eq!(lens.into_iter().collect::<Vec<_>>(), [2, 7, 10, 16, 18, 19]);
     }
 }

@@ -482,9 +482,11 @@ impl Balancer {
     }
 
     /// Metrics and the access log line for a finished request; the time it finished.
+    /// `id`: the request id as bytes (the fast path's are never validated as text
+    /// unless they are logged).
     pub fn finish(
         &self,
-        id: &str,
+        id: &[u8],
         peer: &SocketAddr,
         target: &str,
         status: u16,
@@ -509,11 +511,18 @@ impl Balancer {
         }
         if let Ok(mut g) = self.access.lock() {
             if let Some(w) = g.as_mut() {
+                // The id is the client's when it sent one: escaped, or a `"` in it would
+                // forge fields of the line.
+                let text = |b: &[u8]| {
+                    serde_json::to_string(&String::from_utf8_lossy(b)).unwrap_or_default()
+                };
                 let _ = writeln!(
                     w,
-                    "{{\"ts\":\"{}\",\"request_id\":\"{id}\",\"client\":\"{}\",\"target\":\"{target}\",\"status\":{status},\"latency_ms\":{:.3},\"retries\":{retries}}}",
+                    "{{\"ts\":\"{}\",\"request_id\":{},\"client\":\"{}\",\"target\":{},\"status\":{status},\"latency_ms\":{:.3},\"retries\":{retries}}}",
                     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    text(id),
                     peer.ip(),
+                    text(target.as_bytes()),
                     s * 1000.0
                 );
             }
@@ -1066,5 +1075,36 @@ mod tests {
         assert!(!v.targets.iter().any(|t| t.address == "127.0.0.1:9"));
         assert_eq!(v.corr.name.as_str(), "x-trace");
         assert!(Arc::ptr_eq(&v.picker, &lb.picker.load_full()));
+    }
+
+    /// A client's request id goes into the JSON access log as data: quotes and
+    /// backslashes in it cannot end the string and forge fields of the line.
+    #[test]
+    fn a_clients_request_id_cannot_forge_access_log_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let mut spec = crate::runtime::balancers::placeholder("lb");
+        spec.access_log = true;
+        let lb = Balancer::new(spec, Some(std::fs::File::create(&path).unwrap()));
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let forged = br#"x","status":200,"a\b"#;
+        lb.finish(forged, &peer, "127.0.0.1:8081", 503, Instant::now(), 1);
+        lb.finish(b"plain-id", &peer, "-", 200, Instant::now(), 0);
+        lb.flush_access_log();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            lines[0]["request_id"],
+            String::from_utf8_lossy(forged).as_ref()
+        );
+        assert_eq!(lines[0]["status"], 503);
+        assert_eq!(lines[0]["target"], "127.0.0.1:8081");
+        assert_eq!(lines[0]["retries"], 1);
+        assert_eq!(lines[1]["request_id"], "plain-id");
+        assert_eq!(lines[1]["client"], "127.0.0.1");
     }
 }

@@ -332,7 +332,7 @@ pub async fn handle(
                     h.insert("retry-after", HeaderValue::from(no.retry_after()));
                     no.quota.write(h);
                     echo_id(h, &rid);
-                    lb.finish(request_id, &peer, "-", 429, start, 0);
+                    lb.finish(request_id.as_bytes(), &peer, "-", 429, start, 0);
                     return Ok(r);
                 }
             }
@@ -429,7 +429,7 @@ pub async fn handle(
                 held = true;
                 continue;
             }
-            lb.finish(request_id, &peer, "-", 503, start, retries);
+            lb.finish(request_id.as_bytes(), &peer, "-", 503, start, retries);
             return Ok(simple(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no target available",
@@ -492,7 +492,14 @@ pub async fn handle(
             }
         }
         if stalled_now {
-            lb.finish(request_id, &peer, &target.address, 408, start, retries);
+            lb.finish(
+                request_id.as_bytes(),
+                &peer,
+                &target.address,
+                408,
+                start,
+                retries,
+            );
             let mut r = simple(
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body stopped arriving",
@@ -532,7 +539,14 @@ pub async fn handle(
                         _ => None,
                     };
                     let code = if switched.is_some() { 101 } else { 502 };
-                    lb.finish(request_id, &peer, &target.address, code, start, retries);
+                    lb.finish(
+                        request_id.as_bytes(),
+                        &peer,
+                        &target.address,
+                        code,
+                        start,
+                        retries,
+                    );
                     let Some(((io, early), on)) = switched else {
                         return Ok(simple(StatusCode::BAD_GATEWAY, "the target failed"));
                     };
@@ -552,7 +566,7 @@ pub async fn handle(
                 strip_hop_by_hop(&mut rp.headers);
                 echo(&mut rp.headers, &rid);
                 lb.finish(
-                    request_id,
+                    request_id.as_bytes(),
                     &peer,
                     &target.address,
                     rp.status.as_u16(),
@@ -569,7 +583,7 @@ pub async fn handle(
         if !can_retry {
             let (code, msg) = failure(outcome);
             lb.finish(
-                request_id,
+                request_id.as_bytes(),
                 &peer,
                 &target.address,
                 code.as_u16(),
