@@ -2,7 +2,8 @@
 # Proxy benchmark, side by side in one run (recipe: ../shared/design/bench-proxy.md).
 # The same two nginx upstreams behind nginx, HAProxy and a localdr balancer (run by the
 # agent), each proxy with ONE worker thread pinned to CPU 1, wrk and the upstreams on CPU 0.
-# Targets interleave within each repetition; the table shows medians and min–max of
+# Targets interleave within each repetition, in an order that rotates from one repetition
+# to the next; the table shows medians and min–max of
 # req/s, p50, p99 and the proxy's CPU µs per request (utime+stime from /proc, all of the
 # proxy's processes and threads, divided by the requests wrk completed).
 # Usage: REPS=5 DURATION=10 bash bench/proxy.sh [WORKDIR]   (not part of the tests)
@@ -197,7 +198,13 @@ declare -A PIDOF=([direct]="" [nginx]="$NGX_MASTER" [haproxy]="$HAP_PID" [locald
 declare -A PORT=([direct]="$P_UP1" [nginx]="$P_NGX" [haproxy]="$P_HAP" [localdr]="$P_LDR" [localdr-b]="$P_LDRB")
 RES="$W/results.txt"; : > "$RES"
 for rep in $(seq "$REPS"); do
-  for t in "${TARGETS[@]}"; do
+  # The order rotates by one each repetition: a target that always ran in the same slot
+  # (after the same peer, at the same phase of the machine's own noise) was measured in
+  # conditions its peers never had. Session 15 measured one build at 0.86x the
+  # requests/s of another in fixed order, and at 1.01x with the order alternated.
+  n=${#TARGETS[@]}; k=$(( (rep - 1) % n ))
+  ORDER=("${TARGETS[@]:k}" "${TARGETS[@]:0:k}")
+  for t in "${ORDER[@]}"; do
     url="http://127.0.0.1:${PORT[$t]}/"
     taskset -c 0 wrk -t1 -c32 -d3s "$url" >/dev/null
     before="0 0"; [ -n "${PIDOF[$t]}" ] && before=$(ticks ${PIDOF[$t]})

@@ -282,6 +282,11 @@ impl Balancer {
             .map(|t| (&t.address, t.weight, t.backup))
             .ne(old.iter().map(|t| (&t.address, t.weight, t.backup)))
         {
+            // Idle connections to targets that left the list are closed now: a connection's
+            // stale view (see [`View`]) may keep such a target alive until its next request.
+            for t in old.iter().filter(|t| !list.iter().any(|n| Arc::ptr_eq(n, t))) {
+                t.idle.sweep(Duration::ZERO);
+            }
             self.targets.store(Arc::new(list));
             self.swapped();
             self.targets_changed.notify_waiters();
