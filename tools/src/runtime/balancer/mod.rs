@@ -284,7 +284,10 @@ impl Balancer {
         {
             // Idle connections to targets that left the list are closed now: a connection's
             // stale view (see [`View`]) may keep such a target alive until its next request.
-            for t in old.iter().filter(|t| !list.iter().any(|n| Arc::ptr_eq(n, t))) {
+            for t in old
+                .iter()
+                .filter(|t| !list.iter().any(|n| Arc::ptr_eq(n, t)))
+            {
                 t.idle.sweep(Duration::ZERO);
             }
             self.targets.store(Arc::new(list));
@@ -1111,5 +1114,48 @@ mod tests {
         assert_eq!(lines[0]["retries"], 1);
         assert_eq!(lines[1]["request_id"], "plain-id");
         assert_eq!(lines[1]["client"], "127.0.0.1");
+    }
+
+    /// A target that leaves the list has its idle connections closed at the swap (a
+    /// connection's view may keep the target itself alive until its next request); a
+    /// target that stays keeps them.
+    #[tokio::test]
+    async fn idle_connections_to_a_removed_target_are_closed_at_the_swap() {
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let mut spec = crate::runtime::balancers::placeholder("lb");
+        spec.access_log = false;
+        spec.targets = vec![
+            crate::spec::Target {
+                address: addr.clone(),
+                weight: 1,
+            },
+            crate::spec::Target {
+                address: "127.0.0.1:9".into(),
+                weight: 1,
+            },
+        ];
+        let lb = Balancer::new(spec.clone(), None);
+        let view = lb.view();
+        let mut far = Vec::new();
+        for t in view.targets.iter() {
+            t.idle
+                .park(tokio::net::TcpStream::connect(&addr).await.unwrap());
+            far.push(l.accept().await.unwrap().0);
+        }
+        spec.targets.remove(0);
+        lb.reload(spec, Followed::default());
+        assert!(
+            view.targets[0].idle.is_empty(),
+            "the removed target's are closed"
+        );
+        assert_eq!(view.targets[1].idle.len(), 1, "the kept target's stay");
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), far[0].read(&mut b))
+            .await
+            .expect("the target sees the connection end")
+            .unwrap();
+        assert_eq!(n, 0);
     }
 }

@@ -165,6 +165,17 @@ impl Idle {
         self.0.lock().map(|l| l.len()).unwrap_or(0)
     }
 
+    /// Park a connection as if a request had just finished on it.
+    #[cfg(test)]
+    pub fn park(&self, io: TcpStream) {
+        self.push(Conn {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            idle_since: 0,
+        });
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
