@@ -2,7 +2,8 @@
 //!
 //! One thread and one single-threaded runtime per balancer, so the supervisor's work never
 //! delays a request. The configuration sits behind an `ArcSwap`: a reload swaps it, and
-//! requests in flight finish with the configuration they started with. Targets keep their
+//! requests in flight finish with the configuration they started with (the fast path's
+//! connections hold a [`View`] of it, taken again after any swap). Targets keep their
 //! health state across reloads (matched by address).
 
 mod accept;
