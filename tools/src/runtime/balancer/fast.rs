@@ -326,7 +326,6 @@ pub async fn serve(
         lines.extend_from_slice(rid);
         lines.extend_from_slice(b"\r\n");
         let path = std::str::from_utf8(&buf[head.path.0..head.path.1]).unwrap_or("/");
-        let id = rid;
         let close = head.close || *watch.borrow();
         // Over a rate limit: 429 at once. Under it: what is left, for the answer's head.
         let checked = view.limiter.as_ref().as_ref().map(|rl| {
@@ -352,7 +351,7 @@ pub async fn serve(
         };
         if let Some(Err(no)) = &checked {
             lb.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-            now = lb.finish(id, &peer, "-", 429, start, 0);
+            now = lb.finish(rid, &peer, "-", 429, start, 0);
             let msg = format!("rate limit exceeded: {} per {}", no.limit, no.unit);
             down.clear();
             let wait = Some(no.retry_after());
@@ -366,12 +365,12 @@ pub async fn serve(
         let written = match forward(lb, &view, &req, start, &mut deadline, &mut down).await {
             Ok((target, status, body, retries)) => {
                 let r = write_body(&mut io, &mut down, body).await;
-                now = lb.finish(id, &peer, &target.address, status, start, retries);
+                now = lb.finish(rid, &peer, &target.address, status, start, retries);
                 r
             }
             Err((target, code, msg, retries)) => {
                 let target = target.as_ref().map_or("-", |t| t.address.as_str());
-                now = lb.finish(id, &peer, target, code.as_u16(), start, retries);
+                now = lb.finish(rid, &peer, target, code.as_u16(), start, retries);
                 down.clear();
                 simple(&mut down, code, msg, &req, None);
                 io.write_all(&down).await

@@ -49,8 +49,10 @@ impl Picker {
                 Some(if load(a) <= load(b) { a.0 } else { b.0 })
             }
             _ => {
-                // The running weights are only written under this lock: a plain load and
-                // store each, where `fetch_add` would be a locked instruction per target.
+                // The running weights are written only here, under a round's lock and on
+                // the balancer's one thread: a plain load and store each, where `fetch_add`
+                // would be a locked instruction per target. (Across a swap of the picker,
+                // two rounds could interleave; a lost update only shifts the spread.)
                 let _round = self.round.lock().expect("picker lock");
                 let total: i64 = cands.iter().map(|c| c.1 as i64).sum();
                 let mut best: Option<(usize, i64)> = None;

@@ -119,8 +119,9 @@ impl TargetState {
     }
 
     /// [`TargetState::available`] and the weight after slow start (ramping linearly from 10%
-    /// over `slow_start` after readmission), under one lock: both are asked of every target
-    /// on every pick. `slow_start`: the balancer's.
+    /// over `slow_start` after readmission), both asked of every target on every pick: read
+    /// from the `steady` flag without a lock when nothing is under way, else under the
+    /// health lock. `slow_start`: the balancer's.
     pub fn weight_now(&self, now: Instant, slow_start: Duration) -> (bool, u32) {
         self.weight_at(now, Some(slow_start))
     }
