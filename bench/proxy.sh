@@ -184,6 +184,9 @@ for _ in $(seq 30); do i=$(idle); [ "$i" -ge 90 ] && break; done
 echo "machine idle: ${i}% (load average $(cut -d' ' -f1-3 /proc/loadavg)); $(nproc) cores; $REPS repetitions of ${DURATION}s"
 
 TCK=$(getconf CLK_TCK)
+# Ticks the hypervisor took from CPUs 0 and 1 ("steal" in /proc/stat): a repetition run
+# while the host was busy elsewhere shows it here, whichever target it hit.
+steal() { awk '$1=="cpu0"||$1=="cpu1"{s+=$9} END{print s}' /proc/stat; }
 # CPU ticks of a process and its children processes: "utime stime".
 ticks() {
   local u=0 s=0 p
@@ -207,13 +210,15 @@ for rep in $(seq "$REPS"); do
   for t in "${ORDER[@]}"; do
     url="http://127.0.0.1:${PORT[$t]}/"
     taskset -c 0 wrk -t1 -c32 -d3s "$url" >/dev/null
-    before="0 0"; [ -n "${PIDOF[$t]}" ] && before=$(ticks ${PIDOF[$t]})
+    before="0 0"; [ -n "${PIDOF[$t]}" ] && before=$(ticks ${PIDOF[$t]}); st0=$(steal)
     out=$(taskset -c 0 wrk -t1 -c32 -d"${DURATION}s" --latency "$url")
-    after="0 0"; [ -n "${PIDOF[$t]}" ] && after=$(ticks ${PIDOF[$t]})
+    after="0 0"; [ -n "${PIDOF[$t]}" ] && after=$(ticks ${PIDOF[$t]}); st1=$(steal)
     read -r bu bs <<<"$before"; read -r au as <<<"$after"
-    python3 - "$t" "$rep" "$((au - bu))" "$((as - bs))" "$TCK" "$out" >>"$RES" <<'PY'
+    python3 - "$t" "$rep" "$((au - bu))" "$((as - bs))" "$TCK" "$out" "$((st1 - st0))" "$DURATION" >>"$RES" <<'PY'
 import re, sys
 t, rep, du, ds, tck, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+# Stolen share of the two CPUs' time over the run, percent.
+stolen = 100 * int(sys.argv[7]) / int(sys.argv[5]) / (2 * float(sys.argv[8]))
 dt = du + ds
 def ms(s):
     v = float(re.match(r"[\d.]+", s).group()); u = s[len(re.match(r"[\d.]+", s).group()):]
@@ -225,9 +230,9 @@ p99 = ms(re.search(r"\s99%\s+(\S+)", out).group(1))
 errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 sock = re.search(r"Socket errors: (.*)", out)
 per = lambda ticks: ticks / tck * 1e6 / reqs if t != "direct" else float("nan")
-print(t, rep, reqs, rps, p50, p99, per(dt), errs.group(1) if errs else 0, (sock.group(1).replace(" ", "") if sock else "-"), per(du), per(ds))
+print(t, rep, reqs, rps, p50, p99, per(dt), errs.group(1) if errs else 0, (sock.group(1).replace(" ", "") if sock else "-"), per(du), per(ds), f"{stolen:.1f}")
 PY
-    tail -n 1 "$RES" | awk '{printf "  rep %s %-9s %9.0f req/s  p50 %.2f ms  p99 %.2f ms  cpu %.1f us/req (user %.1f, sys %.1f)  non-2xx %s  socket errors %s\n", $2, $1, $4, $5, $6, $7, $10, $11, $8, $9}'
+    tail -n 1 "$RES" | awk '{printf "  rep %s %-9s %9.0f req/s  p50 %.2f ms  p99 %.2f ms  cpu %.1f us/req (user %.1f, sys %.1f)  non-2xx %s  socket errors %s  stolen %s%%\n", $2, $1, $4, $5, $6, $7, $10, $11, $8, $9, $12}'
   done
 done
 
@@ -235,18 +240,18 @@ python3 - "$RES" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
-for t, rep, reqs, rps, p50, p99, cpu, non2xx, sock, user, sys_ in rows:
-    by.setdefault(t, []).append((float(rps), float(p50), float(p99), float(cpu), int(non2xx), float(user), float(sys_)))
+for t, rep, reqs, rps, p50, p99, cpu, non2xx, sock, user, sys_, stolen in rows:
+    by.setdefault(t, []).append((float(rps), float(p50), float(p99), float(cpu), int(non2xx), float(user), float(sys_), float(stolen)))
 def col(t, i): return [r[i] for r in by[t]]
 def med(t, i): return statistics.median(col(t, i))
 def rng(t, i, f): v = col(t, i); return f"{f.format(min(v))}–{f.format(max(v))}"
 print()
-print(f"| target | req/s (median, min–max) | p50 ms | p99 ms | proxy CPU µs/req | user / sys µs | non-2xx |")
-print(f"|---|---|---|---|---|---|---|")
+print(f"| target | req/s (median, min–max) | p50 ms | p99 ms | proxy CPU µs/req | user / sys µs | non-2xx | stolen % (max) |")
+print(f"|---|---|---|---|---|---|---|---|")
 for t in [t for t in ["direct", "nginx", "haproxy", "localdr", "localdr-b"] if t in by]:
     cpu = "—" if t == "direct" else f"{med(t,3):.1f} ({rng(t,3,'{:.1f}')})"
     split = "—" if t == "direct" else f"{med(t,5):.1f} / {med(t,6):.1f}"
-    print(f"| {t} | {med(t,0):,.0f} ({rng(t,0,'{:,.0f}')}) | {med(t,1):.2f} | {med(t,2):.2f} ({rng(t,2,'{:.2f}')}) | {cpu} | {split} | {sum(col(t,4))} |")
+    print(f"| {t} | {med(t,0):,.0f} ({rng(t,0,'{:,.0f}')}) | {med(t,1):.2f} | {med(t,2):.2f} ({rng(t,2,'{:.2f}')}) | {cpu} | {split} | {sum(col(t,4))} | {med(t,7):.1f} ({max(col(t,7)):.1f}) |")
 print()
 for peer in ["nginx", "haproxy"]:
     print(f"localdr / {peer}: req/s {med('localdr',0)/med(peer,0):.2f}×, p99 {med('localdr',2)/med(peer,2):.2f}×, CPU µs/req {med('localdr',3)/med(peer,3):.2f}×")
