@@ -35,10 +35,8 @@ impl Drop for Held {
         let mut pools = lock();
         if let Some(e) = pools.get_mut(&self.0) {
             e.waiting -= 1;
-            if e.waiting == 0 && !e.wakeable {
-                pools.remove(&self.0);
-            }
         }
+        prune(&mut pools, &self.0);
     }
 }
 
@@ -58,12 +56,8 @@ pub fn wakeable(service: &str) -> bool {
 pub fn set_wakeable(service: &str, yes: bool) {
     let mut pools = lock();
     match pools.get_mut(service) {
-        Some(e) => {
-            e.wakeable = yes;
-            if !yes && e.waiting == 0 {
-                pools.remove(service);
-            }
-        }
+        Some(e) => e.wakeable = yes,
+        // Not allocated for on every evaluation of a pool that stays unwakeable.
         None if yes => {
             pools.insert(
                 service.to_string(),
@@ -74,6 +68,17 @@ pub fn set_wakeable(service: &str, yes: bool) {
             );
         }
         None => {}
+    }
+    prune(&mut pools, service);
+}
+
+/// Forget `service` once nothing is held for it and it is not wakeable.
+fn prune(pools: &mut HashMap<String, Entry>, service: &str) {
+    if pools
+        .get(service)
+        .is_some_and(|e| e.waiting == 0 && !e.wakeable)
+    {
+        pools.remove(service);
     }
 }
 

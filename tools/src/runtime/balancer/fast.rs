@@ -415,10 +415,11 @@ async fn forward(
     let mut tried = [0usize; 8];
     let mut n_tried = 0;
     let mut retries = 0u32;
-    let mut held = false;
-    // The target list after a hold: the view's is the one that had no target.
+    // The target list after a hold for a pool at zero (the view's is the one that had no
+    // target); set once a request has been held.
     let mut after_hold: Option<Arc<Vec<Arc<TargetState>>>> = None;
     loop {
+        let held = after_hold.is_some();
         let attempt_start = if retries == 0 && !held {
             start
         } else {
@@ -430,10 +431,11 @@ async fn forward(
             &tried[..n_tried],
             attempt_start,
         ) else {
-            if !held && retries == 0 && lb.await_pool(start).await {
-                held = true;
-                after_hold = Some(lb.targets());
-                continue;
+            if !held && retries == 0 {
+                after_hold = lb.await_pool(start).await;
+                if after_hold.is_some() {
+                    continue;
+                }
             }
             return Err((
                 None,

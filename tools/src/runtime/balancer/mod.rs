@@ -298,18 +298,17 @@ impl Balancer {
     }
 
     /// Hold a request that found no target because the followed pool has no replica, until
-    /// one runs (true) or `timeouts.connect` from `since` passes (false). Only for a pool
+    /// one runs (the target list that has it) or `timeouts.connect` from `since` passes
+    /// (`None`). Only for a pool
     /// that load can bring back (autoscaled, its schedule allowing a replica); while held,
     /// the request counts as the pool's load, so the autoscaler starts a replica: scale
     /// from zero, as Knative's activator does it.
-    pub async fn await_pool(&self, since: Instant) -> bool {
+    pub async fn await_pool(&self, since: Instant) -> Option<Arc<Vec<Arc<TargetState>>>> {
         let cfg = self.config();
-        let Some(service) = cfg.service.as_deref() else {
-            return false;
-        };
-        let has_primary = || self.targets().iter().any(|t| !t.backup);
-        if has_primary() || !super::demand::wakeable(service) {
-            return false;
+        let service = cfg.service.as_deref()?;
+        let with_primary = || Some(self.targets()).filter(|l| l.iter().any(|t| !t.backup));
+        if with_primary().is_some() || !super::demand::wakeable(service) {
+            return None;
         }
         let _held = super::demand::Held::new(service);
         let until = tokio::time::Instant::from_std(since + self.connect_timeout());
@@ -319,12 +318,10 @@ impl Balancer {
             tokio::pin!(changed);
             // Registered before the check, so a change between the two is not missed.
             changed.as_mut().enable();
-            if has_primary() {
-                return true;
+            if let Some(list) = with_primary() {
+                return Some(list);
             }
-            if tokio::time::timeout_at(until, changed).await.is_err() {
-                return false;
-            }
+            tokio::time::timeout_at(until, changed).await.ok()?;
         }
     }
 

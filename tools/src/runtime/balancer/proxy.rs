@@ -425,7 +425,7 @@ pub async fn handle(
             Instant::now()
         };
         let Some(target) = lb.choose_at(&tried[..n_tried], attempt_start) else {
-            if !held && retries == 0 && lb.await_pool(first_attempt).await {
+            if !held && retries == 0 && lb.await_pool(first_attempt).await.is_some() {
                 held = true;
                 continue;
             }
